@@ -1,0 +1,1190 @@
+#!/usr/bin/env python3
+"""netatmo_stdlib: log in to the Netatmo cloud with OAuth2 and list your devices.
+
+One file, standard library only, CPython 3.6 to 3.13. Run it, open the address it
+prints, log in at Netatmo, and it shows the devices of your account.
+
+How the OAuth2 authorization-code flow (RFC 6749, section 4.1) runs here:
+
+(a) Receive the authorization request: the browser asks for GET /login. We create a
+    pending login: a random `state` (256 bits) bound to a random session cookie, valid
+    for 10 minutes and usable once, plus a PKCE `code_verifier` (RFC 7636).
+(b) Redirect to Netatmo: a 302 to https://api.netatmo.com/oauth2/authorize with our
+    client_id, redirect_uri, scope, state and the verifier's S256 challenge. The person
+    logs in there and approves; we never see their password.
+(c) Receive the code: Netatmo sends the browser back to GET /authenticate?code=...&state=...
+    We accept the code only if `state` is the one bound to this browser's cookie.
+(d) Exchange the code for a token: we POST it, with our client secret, to
+    https://api.netatmo.com/oauth2/token and keep the access and refresh tokens in
+    memory, server-side, under a new session id. The browser only ever holds that id.
+(e) Retrieve and output the devices: GET /devices (HTML) and /devices.json call
+    /api/homesdata, /api/getstationsdata and /api/gethomecoachsdata with
+    `Authorization: Bearer <access_token>`, concurrently, and merge what they list.
+
+Access tokens last about 3 hours. We refresh them before they run out, one refresh
+at a time per session, because Netatmo rotates refresh tokens: each one works once.
+
+What this protects: the login against forged callbacks (state), the code against
+interception (PKCE, where Netatmo honours it), the tokens (never in a URL, a page or
+a log line), the session cookie (HttpOnly, SameSite=Lax, Secure over https).
+What it does not: it is a small teaching server, not a hardened production one.
+Use it on loopback, or put it behind a TLS-terminating proxy you trust.
+"""
+
+import argparse
+import base64
+import hashlib
+import hmac
+import html
+import http.client
+import json
+import logging
+import os
+import secrets
+import socket
+import socketserver
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import OrderedDict, namedtuple
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+__version__ = "1.0"
+
+log = logging.getLogger("netatmo_stdlib")
+
+DEFAULT_API_URL = "https://api.netatmo.com"
+DEFAULT_SCOPES = "read_station read_thermostat read_homecoach"
+APPS_PAGE = "https://dev.netatmo.com/apps/"
+COOKIE_NAME = "netatmo_session"
+
+# The three endpoints that list devices, the scope each needs, and what a
+# person calls that product line when it is not granted.
+DEVICE_ENDPOINTS = (
+    ("homesdata", "read_thermostat", "homes (energy, security and other home devices)"),
+    ("getstationsdata", "read_station", "weather stations"),
+    ("gethomecoachsdata", "read_homecoach", "home coaches"),
+)
+
+# Netatmo's type codes and the product names people know them by.
+PRODUCTS = {
+    "NAMain": "Weather Station", "NAModule1": "Outdoor Module",
+    "NAModule2": "Anemometer", "NAModule3": "Rain Gauge",
+    "NAModule4": "Indoor Module", "NHC": "Home Coach",
+    "NAPlug": "Relay", "NATherm1": "Thermostat", "NRV": "Valve",
+    "NAC": "AC Control", "OTH": "OpenTherm Gateway", "OTM": "OpenTherm Thermostat",
+    "BNS": "Smarther", "NACamera": "Indoor Camera", "NPC": "Indoor Camera Advance",
+    "NOC": "Outdoor Camera", "NDB": "Doorbell", "NSD": "Smoke Alarm",
+    "NCO": "CO Alarm", "NIS": "Siren", "NACamDoorTag": "Door/Window Sensor",
+    "NDL": "Door Lock", "NLG": "Gateway", "NLP": "Plug", "NLF": "Switch/Dimmer",
+    "NLV": "Shutter", "NLPC": "Energy Meter", "NBG": "Gateway",
+    "NBR": "Roller Shutter", "BNCX": "Internal Panel", "BNEU": "External Unit",
+}
+
+
+# ---- Configuration -------------------------------------------------------------
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message says which and how to fix it."""
+
+
+class Config(object):
+    """Every setting, read once from flags, else the environment, else a default."""
+
+    def __init__(self, client_id, client_secret, host="127.0.0.1", port=8000,
+                 redirect_uri=None, scopes=DEFAULT_SCOPES, api_url=DEFAULT_API_URL,
+                 timeout=10.0):
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.host = host
+        self.port = port
+        self.scopes = scopes
+        self.api_url = api_url.rstrip("/")
+        self.timeout = timeout
+        self.redirect_uri = redirect_uri or self.default_redirect_uri()
+
+    def default_redirect_uri(self):
+        """Return http://HOST:PORT/authenticate, naming a wildcard host localhost."""
+        host = "localhost" if self.host in ("", "0.0.0.0", "::") else self.host
+        if ":" in host:
+            host = "[%s]" % host
+        return "http://%s:%d/authenticate" % (host, self.port)
+
+    @property
+    def origin(self):
+        """Return the scheme://host:port the browser must use: the redirect URI's."""
+        return origin_of(self.redirect_uri)
+
+    @property
+    def secure_cookies(self):
+        """Return True when the browser reaches us over https."""
+        return self.redirect_uri.startswith("https://")
+
+
+def origin_of(url):
+    """Return the lower-case origin of a URL, without the scheme's default port."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc.lower()
+    default = {"http": ":80", "https": ":443"}.get(parts.scheme)
+    if default and netloc.endswith(default):
+        netloc = netloc[:-len(default)]
+    return "%s://%s" % (parts.scheme, netloc)
+
+
+def same_origin(url, host):
+    """Return True if a Host header names the same host and port as url."""
+    scheme = urllib.parse.urlsplit(url).scheme
+    try:
+        return origin_of("%s://%s" % (scheme, host)) == origin_of(url)
+    except ValueError:  # a Host header that is no host at all
+        return False
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line on stderr and exit status 2."""
+
+    def error(self, message):
+        raise ConfigError(message + " (see --help)")
+
+
+def argument_parser():
+    """Return the command line parser; each flag names its environment variable."""
+    parser = ArgumentParser(
+        prog="netatmo_stdlib.py",
+        description="Log in to Netatmo with OAuth2 and list the devices of your account.",
+        epilog="Example: NETATMO_CLIENT_ID=... NETATMO_CLIENT_SECRET=... "
+               "python3 netatmo_stdlib.py, then open http://127.0.0.1:8000/")
+    add = parser.add_argument
+    add("--client-id", help="your app's client id (env NETATMO_CLIENT_ID or NETATMO_APP_ID)")
+    add("--client-secret-file", metavar="PATH",
+        help="a file holding your app's client secret (env NETATMO_CLIENT_SECRET holds "
+             "the secret itself; there is no flag for the value: argv shows in ps)")
+    add("--host", help="address to listen on (env HOST, default 127.0.0.1)")
+    add("--port", help="port to listen on (env PORT, default 8000)")
+    add("--redirect-uri", help="the redirect URI registered for your app (env "
+        "NETATMO_REDIRECT_URI, default http://HOST:PORT/authenticate)")
+    add("--scopes", help="space-separated scopes (env NETATMO_SCOPES, default %r)"
+        % DEFAULT_SCOPES)
+    add("--api-url", help="Netatmo's base URL (env NETATMO_API_URL, default %s)"
+        % DEFAULT_API_URL)
+    add("--timeout", help="seconds to wait for each call to Netatmo (env "
+        "NETATMO_TIMEOUT, default 10)")
+    add("--version", action="version", version="%(prog)s " + __version__)
+    return parser
+
+
+def read_config(argv, environ):
+    """Return a validated Config from flags, else environment, else defaults."""
+    args = argument_parser().parse_args(argv)
+
+    def setting(flag_value, *names, **kw):
+        if flag_value is not None:
+            return flag_value
+        for name in names:
+            if environ.get(name):
+                return environ[name]
+        return kw.get("default")
+
+    client_id = setting(args.client_id, "NETATMO_CLIENT_ID", "NETATMO_APP_ID")
+    if not client_id or not client_id.strip():
+        raise ConfigError("no client id: pass --client-id or set NETATMO_CLIENT_ID "
+                          "(your app's id at %s)" % APPS_PAGE)
+    client_secret = read_client_secret(args.client_secret_file, environ)
+
+    host = setting(args.host, "HOST", default="127.0.0.1")
+    port_text = setting(args.port, "PORT", default="8000")
+    try:
+        port = int(port_text)
+        if not 0 <= port <= 65535:
+            raise ValueError
+    except ValueError:
+        raise ConfigError("bad port %r: pass --port or set PORT to a number from 1 to 65535"
+                          % port_text)
+
+    timeout_text = setting(args.timeout, "NETATMO_TIMEOUT", default="10")
+    try:
+        timeout = float(timeout_text)
+        if not 0 < timeout <= 600:
+            raise ValueError
+    except ValueError:
+        raise ConfigError("bad timeout %r: pass --timeout or set NETATMO_TIMEOUT to a "
+                          "number of seconds between 0 and 600" % timeout_text)
+
+    scopes = " ".join(setting(args.scopes, "NETATMO_SCOPES", default=DEFAULT_SCOPES).split())
+    if not scopes or not all(s.replace("_", "").isalpha() and s.islower()
+                             for s in scopes.split()):
+        raise ConfigError("bad scopes %r: pass --scopes or set NETATMO_SCOPES to scope "
+                          "names such as %r" % (scopes, DEFAULT_SCOPES))
+
+    api_url = setting(args.api_url, "NETATMO_API_URL", default=DEFAULT_API_URL)
+    check_url(api_url, "--api-url", "NETATMO_API_URL", "e.g. %s" % DEFAULT_API_URL)
+    redirect_uri = setting(args.redirect_uri, "NETATMO_REDIRECT_URI")
+    if redirect_uri is not None:
+        check_url(redirect_uri, "--redirect-uri", "NETATMO_REDIRECT_URI",
+                  "e.g. http://127.0.0.1:8000/authenticate")
+        if not urllib.parse.urlsplit(redirect_uri).path.endswith("/authenticate"):
+            raise ConfigError("bad redirect URI %r: it must end in /authenticate, the path "
+                              "this program answers on; fix --redirect-uri or "
+                              "NETATMO_REDIRECT_URI" % redirect_uri)
+    return Config(client_id.strip(), client_secret, host, port, redirect_uri, scopes,
+                  api_url, timeout)
+
+
+def read_client_secret(path, environ):
+    """Return the client secret from the file at path, else NETATMO_CLIENT_SECRET."""
+    if path is None:
+        secret = environ.get("NETATMO_CLIENT_SECRET", "").strip()
+        if not secret:
+            raise ConfigError("no client secret: pass --client-secret-file PATH or set "
+                              "NETATMO_CLIENT_SECRET (your app's secret at %s)" % APPS_PAGE)
+        return secret
+    try:
+        with open(path, encoding="utf-8") as f:
+            secret = f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("cannot read --client-secret-file %r: %s" %
+                          (path, getattr(e, "strerror", None) or e))
+    if not secret:
+        raise ConfigError("--client-secret-file %r is empty: put your app's client secret "
+                          "in it" % path)
+    return secret
+
+
+def check_url(url, flag, variable, example):
+    """Raise ConfigError unless url is an absolute http(s) URL."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # raises ValueError on a port that is not a number
+    except ValueError:
+        parts = None
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+            or parts.fragment or any(c.isspace() for c in url)):
+        raise ConfigError("bad URL %r: pass %s or set %s to an http(s) URL (%s)"
+                          % (url, flag, variable, example))
+
+
+# ---- Talking to Netatmo --------------------------------------------------------
+
+class NetatmoError(Exception):
+    """Netatmo refused a call or could not be reached.
+
+    `error` is the OAuth2 error name of the token endpoint (e.g. "invalid_grant"),
+    `code` the number of an /api error envelope (e.g. 13), `status` the HTTP status
+    Netatmo answered with (None if it did not answer), `timeout` whether we gave up
+    waiting. The message is safe to show: it never holds a token or a secret.
+    """
+
+    def __init__(self, message, status=None, error=None, code=None, timeout=False):
+        Exception.__init__(self, message)
+        self.message = message
+        self.status = status
+        self.error = error
+        self.code = code
+        self.timeout = timeout
+
+    @property
+    def rate_limited(self):
+        """Return True when Netatmo said we called it too often."""
+        return (self.status == 429 or self.code in (11, 26)
+                or self.error == "too_many_connections")
+
+
+# Tokens are replaced as a whole, never field by field: a thread that reads
+# `session.tokens` sees either the old pair or the new one, not a mix.
+Tokens = namedtuple("Tokens", "access_token refresh_token expires_at scope")
+
+
+class NetatmoClient(object):
+    """The only code that speaks to Netatmo: authorize URL, token calls, API calls."""
+
+    def __init__(self, config):
+        self.config = config
+        # build_opener() includes urllib's ProxyHandler, which honours https_proxy,
+        # http_proxy and no_proxy, and an HTTPS handler that verifies certificates.
+        self.opener = urllib.request.build_opener()
+
+    def authorize_url(self, state, code_challenge):
+        """Return the URL of Netatmo's consent page for this login (step b)."""
+        params = [
+            ("client_id", self.config.client_id),
+            ("redirect_uri", self.config.redirect_uri),
+            ("scope", self.config.scopes),
+            ("state", state),
+            ("response_type", "code"),
+            ("code_challenge", code_challenge),
+            ("code_challenge_method", "S256"),
+        ]
+        # quote_via=quote writes the spaces between scopes as %20, as Netatmo expects.
+        query = urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
+        return self.config.api_url + "/oauth2/authorize?" + query
+
+    def exchange_code(self, code, code_verifier):
+        """Return Tokens for an authorization code (step d)."""
+        return self.token_request([
+            ("grant_type", "authorization_code"),
+            ("client_id", self.config.client_id),
+            ("client_secret", self.config.client_secret),
+            ("code", code),
+            # Byte for byte the redirect_uri of step (b), or Netatmo says invalid_grant.
+            ("redirect_uri", self.config.redirect_uri),
+            ("code_verifier", code_verifier),
+        ])
+
+    def refresh(self, refresh_token):
+        """Return new Tokens for a refresh token; Netatmo retires the old pair."""
+        return self.token_request([
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("client_id", self.config.client_id),
+            ("client_secret", self.config.client_secret),
+        ])
+
+    def token_request(self, form):
+        """POST a form to /oauth2/token and return the Tokens it answers with."""
+        answer = self.call("POST", "/oauth2/token", data=urllib.parse.urlencode(form))
+        if not isinstance(answer, dict) or not answer.get("access_token") \
+                or not answer.get("refresh_token"):
+            raise NetatmoError("Netatmo's token endpoint answered without a token.",
+                               status=200)
+        lifetime = answer.get("expires_in", answer.get("expire_in"))
+        try:
+            expires_at = time.time() + float(lifetime)
+        except (TypeError, ValueError):
+            expires_at = None  # unknown: we refresh when Netatmo says it expired
+        scope = answer.get("scope")
+        if isinstance(scope, str):
+            scope = scope.replace(",", " ").split()
+        if not isinstance(scope, list):
+            scope = self.config.scopes.split()
+        return Tokens(str(answer["access_token"]), str(answer["refresh_token"]),
+                      expires_at, [str(s) for s in scope])
+
+    def api_get(self, name, access_token):
+        """Return the `body` of GET /api/<name>, authorized by the access token."""
+        answer = self.call("GET", "/api/" + name,
+                           headers={"Authorization": "Bearer " + access_token})
+        if not isinstance(answer, dict) or not isinstance(answer.get("body"), (dict, list)):
+            raise NetatmoError("Netatmo's /api/%s answered without a body." % name,
+                               status=200)
+        return answer["body"]
+
+    def call(self, method, path, data=None, headers=None):
+        """Send one request to Netatmo and return its JSON answer, or raise NetatmoError."""
+        request = urllib.request.Request(self.config.api_url + path, method=method,
+                                         headers=dict(headers or {}))
+        if data is not None:
+            request.data = data.encode("utf-8")
+            request.add_header("Content-Type",
+                               "application/x-www-form-urlencoded;charset=UTF-8")
+        started = time.time()
+        status = None
+        try:
+            with self.opener.open(request, timeout=self.config.timeout) as response:
+                status = response.status
+                raw = response.read()
+        except urllib.error.HTTPError as e:
+            status = e.code
+            try:
+                raw = e.read()
+            except (OSError, ValueError, http.client.HTTPException):
+                raw = b""
+            finally:
+                e.close()
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            reason = getattr(e, "reason", e)
+            timed_out = isinstance(reason, socket.timeout) or "timed out" in str(reason)
+            log.warning("netatmo %s %s failed: %s", method, path, reason)
+            raise NetatmoError("Netatmo did not answer within %g seconds." % self.config.timeout
+                               if timed_out else "Netatmo could not be reached (%s)."
+                               % reason, timeout=timed_out)
+        finally:
+            if status is not None:
+                log.info("netatmo %s %s -> %d in %.0f ms", method, path, status,
+                         (time.time() - started) * 1000)
+        try:
+            answer = json.loads(raw.decode("utf-8"))
+        except ValueError:
+            raise NetatmoError("Netatmo answered %s with something that is not JSON."
+                               % status, status=status)
+        if status == 200:
+            return answer
+        raise error_from_answer(status, answer)
+
+
+def error_from_answer(status, answer):
+    """Return the NetatmoError for a JSON error answer of either of Netatmo's shapes."""
+    error = answer.get("error") if isinstance(answer, dict) else None
+    if isinstance(error, dict):  # the /api envelope: {"error": {"code": 13, "message": ...}}
+        code = error.get("code")
+        message = str(error.get("message") or "no message")[:200]
+        return NetatmoError("Netatmo answered %s, code %s: %s" % (status, code, message),
+                            status=status, code=code if isinstance(code, int) else None)
+    if isinstance(error, str):  # the OAuth2 shape: {"error": "invalid_grant"}
+        return NetatmoError("Netatmo answered %s: %s" % (status, error[:100]),
+                            status=status, error=error[:100])
+    return NetatmoError("Netatmo answered %s." % status, status=status)
+
+
+# ---- Devices -------------------------------------------------------------------
+
+def device(device_id, name, type_code, home, reachable):
+    """Return one row of the device list, in the shape of /devices.json."""
+    type_code = str(type_code) if type_code else ""
+    return {
+        "id": "".join(str(device_id).split()),  # real ids carry stray spaces
+        "name": str(name) if name else None,
+        "type": type_code,
+        "product": PRODUCTS.get(type_code, type_code or "unknown"),
+        "home": str(home) if home else None,
+        "reachable": reachable if isinstance(reachable, bool) else None,
+    }
+
+
+def listed(value):
+    """Return value if it is a list of objects, else an empty list (a quirk guard)."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def devices_of_homes(body):
+    """Return the devices of a /api/homesdata body: the modules of every home."""
+    rows = []
+    for home in listed(body.get("homes")):
+        for module in listed(home.get("modules")):
+            if module.get("id"):
+                rows.append(device(module["id"], module.get("name"), module.get("type"),
+                                   home.get("name"), module.get("reachable")))
+    return rows
+
+
+def devices_of_stations(body, home_names):
+    """Return the devices of a getstationsdata or gethomecoachsdata body, modules too."""
+    rows = []
+    for station in listed(body.get("devices")):
+        home = station.get("home_name") or home_names.get(station.get("home_id"))
+        if station.get("_id"):
+            rows.append(device(station["_id"],
+                               station.get("station_name") or station.get("module_name"),
+                               station.get("type"), home, station.get("reachable")))
+        for module in listed(station.get("modules")):
+            if module.get("_id"):
+                rows.append(device(module["_id"], module.get("module_name"),
+                                   module.get("type"), home, module.get("reachable")))
+    return rows
+
+
+def merge_devices(rows):
+    """Return one row per device id: the first seen, its gaps filled by later ones."""
+    merged = OrderedDict()
+    for row in rows:
+        seen = merged.get(row["id"])
+        if seen is None:
+            merged[row["id"]] = row
+            continue
+        for key, value in row.items():
+            if seen[key] is None or seen[key] == "":
+                seen[key] = value
+    return list(merged.values())
+
+
+def devices_of(bodies):
+    """Return the merged device list of the bodies of the three device endpoints."""
+    homes = bodies.get("homesdata") or {}
+    home_names = {h.get("id"): h.get("name") for h in listed(homes.get("homes"))}
+    rows = devices_of_homes(homes)
+    for name in ("getstationsdata", "gethomecoachsdata"):
+        rows += devices_of_stations(bodies.get(name) or {}, home_names)
+    return merge_devices(rows)
+
+
+# ---- Sessions ------------------------------------------------------------------
+
+class PendingLogin(object):
+    """A login between steps (a) and (c): its state and PKCE verifier."""
+    __slots__ = ("state", "code_verifier", "created_at")
+
+    def __init__(self, now):
+        self.state = secrets.token_urlsafe(32)          # 256 bits
+        self.code_verifier = secrets.token_urlsafe(48)  # 64 characters, as RFC 7636 allows
+        self.created_at = now
+
+    @property
+    def code_challenge(self):
+        """Return the S256 PKCE challenge: BASE64URL(SHA256(code_verifier)), unpadded."""
+        digest = hashlib.sha256(self.code_verifier.encode("ascii")).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+class LoginExpired(Exception):
+    """Netatmo no longer honours this session's refresh token: log in again."""
+
+
+class Session(object):
+    """A logged-in browser: its tokens, and the lock that serialises refreshes."""
+    __slots__ = ("tokens", "last_seen", "lock")
+
+    # Refresh this many seconds before the access token runs out.
+    refresh_margin = 60
+
+    def __init__(self, tokens, now):
+        self.tokens = tokens
+        self.last_seen = now
+        self.lock = threading.Lock()
+
+    def access_token(self, client):
+        """Return an access token that is good for at least refresh_margin seconds."""
+        tokens = self.tokens
+        if tokens.expires_at is None or tokens.expires_at - time.time() > self.refresh_margin:
+            return tokens.access_token
+        return self.refresh(client, tokens.access_token)
+
+    def refresh(self, client, stale_access_token=None):
+        """Refresh the tokens once, however many threads ask; return the access token.
+
+        Netatmo rotates refresh tokens: the first refresh retires the old pair, and a
+        second one with the same refresh token logs the person out. So one thread
+        refreshes under the lock; the others wait for it and use its result. A thread
+        that names the access token it found stale gets the new one if a refresh
+        already happened since.
+        """
+        with self.lock:
+            tokens = self.tokens
+            if stale_access_token is not None and tokens.access_token != stale_access_token:
+                return tokens.access_token
+            try:
+                self.tokens = client.refresh(tokens.refresh_token)
+            except NetatmoError as e:
+                if e.error == "invalid_grant":
+                    raise LoginExpired()
+                raise
+            log.info("refreshed the tokens of a session")
+            return self.tokens.access_token
+
+    def api_get(self, client, name):
+        """Return the body of /api/<name>, refreshing and retrying once on code 2 or 3."""
+        access_token = self.access_token(client)
+        try:
+            return client.api_get(name, access_token)
+        except NetatmoError as e:
+            if e.code not in (2, 3):  # 2: invalid token, 3: expired token
+                raise
+        return client.api_get(name, self.refresh(client, access_token))
+
+
+class SessionStore(object):
+    """Pending logins and sessions, keyed by random cookie values, under one lock."""
+
+    pending_ttl = 10 * 60        # a login must come back from Netatmo within this
+    session_ttl = 24 * 60 * 60   # a session unused for this long is forgotten
+    max_pending = 10000          # a flood of /login evicts the oldest pending login
+
+    def __init__(self, clock=time.time):
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.pending = OrderedDict()  # oldest first
+        self.sessions = {}
+        self.next_sweep = 0
+
+    def start_login(self):
+        """Return (cookie value, PendingLogin) for a new login (step a)."""
+        now = self.clock()
+        login = PendingLogin(now)
+        sid = secrets.token_urlsafe(32)
+        with self.lock:
+            self.pending[sid] = login
+            while len(self.pending) > self.max_pending:
+                self.pending.popitem(last=False)
+        return sid, login
+
+    def take_login(self, sid):
+        """Remove and return the pending login of this cookie, if it is still valid."""
+        with self.lock:
+            login = self.pending.pop(sid, None)
+        if login is None or self.clock() - login.created_at > self.pending_ttl:
+            return None
+        return login
+
+    def create(self, tokens):
+        """Return (new cookie value, Session) for tokens just obtained."""
+        now = self.clock()
+        session = Session(tokens, now)
+        sid = secrets.token_urlsafe(32)
+        with self.lock:
+            self.sessions[sid] = session
+            self.sweep(now)
+        return sid, session
+
+    def get(self, sid):
+        """Return the live Session of this cookie value, or None."""
+        now = self.clock()
+        with self.lock:
+            session = self.sessions.get(sid)
+            if session is None:
+                return None
+            if now - session.last_seen > self.session_ttl:
+                del self.sessions[sid]
+                return None
+            session.last_seen = now
+            return session
+
+    def delete(self, sid):
+        """Forget the session or pending login of this cookie value."""
+        with self.lock:
+            self.sessions.pop(sid, None)
+            self.pending.pop(sid, None)
+
+    def sweep(self, now):
+        """Drop expired entries, at most once a minute; the caller holds the lock."""
+        if now < self.next_sweep:
+            return
+        self.next_sweep = now + 60
+        for sid in [s for s, x in self.sessions.items()
+                    if now - x.last_seen > self.session_ttl]:
+            del self.sessions[sid]
+        while self.pending:
+            sid, login = next(iter(self.pending.items()))
+            if now - login.created_at <= self.pending_ttl:
+                break
+            del self.pending[sid]
+
+
+# ---- Pages ---------------------------------------------------------------------
+
+STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:60rem;
+margin:1rem auto;padding:0 1rem;line-height:1.5;color:#222}
+table{border-collapse:collapse;width:100%;font-size:.95rem}
+th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #ddd;vertical-align:top}
+td.id{font-family:monospace;word-break:break-all}
+.button,button{display:inline-block;padding:.4rem .9rem;border:1px solid #06c;
+border-radius:.3rem;background:#06c;color:#fff;text-decoration:none;font-size:1rem;cursor:pointer}
+form{display:inline-block;margin:.5rem .5rem .5rem 0}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.4rem .8rem}
+@media (max-width:40rem){td.id,th.id{display:none}}
+"""
+
+# The page's only style is the block above; the policy names its hash, so the
+# browser applies it and nothing else: no outside fonts, scripts, images or frames.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'sha256-%s'; form-action 'self'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+    % base64.b64encode(hashlib.sha256(STYLE.encode("utf-8")).digest()).decode("ascii"))
+
+escape = html.escape
+
+
+def page(title, body):
+    """Return a whole HTML page; `body` is HTML whose values were escaped already."""
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            "<title>%s</title><style>%s</style></head>\n<body>\n<h1>%s</h1>\n%s\n"
+            "</body></html>\n" % (escape(title), STYLE, escape(title), body))
+
+
+def button(action, label):
+    """Return a one-button form that POSTs to action."""
+    return ('<form method="post" action="%s"><button type="submit">%s</button></form>'
+            % (escape(action), escape(label)))
+
+
+def when(timestamp):
+    """Return a timestamp as UTC text for people."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+
+
+def home_page(session):
+    """Return the start page: a login link, or what this session holds."""
+    if session is None:
+        return page("Netatmo devices", (
+            "<p>This program logs you in to your Netatmo account and lists your devices. "
+            "You type your password at Netatmo only; this program keeps the token Netatmo "
+            "gives it in memory and never shows it.</p>\n"
+            '<p><a class="button" href="/login">Log in with Netatmo</a></p>'))
+    tokens = session.tokens
+    expiry = when(tokens.expires_at) if tokens.expires_at else "unknown"
+    return page("Netatmo devices", (
+        '<p>You are logged in. <a class="button" href="/devices">Show my devices</a></p>\n'
+        "<p>Access token valid until: %s<br>Granted scopes: %s</p>\n%s %s" % (
+            escape(expiry), escape(" ".join(tokens.scope) or "none"),
+            button("/refresh", "Renew the token now"), button("/logout", "Log out"))))
+
+
+def devices_page(devices, not_granted):
+    """Return the device list as an HTML table (step e)."""
+    notes = "".join('<p class="note">Not granted: %s. Log in again and allow them at '
+                    'Netatmo, or add the scope to --scopes.</p>\n' % escape(line)
+                    for line in not_granted)
+    rows = "".join(
+        "<tr><td>%s</td><td>%s</td><td>%s</td><td class=\"id\">%s</td><td>%s</td>"
+        "<td>%s</td></tr>\n" % (
+            escape(d["name"] or "(unnamed)"), escape(d["product"]), escape(d["type"]), escape(d["id"]),
+            escape(d["home"] or ""), {True: "yes", False: "no", None: ""}[d["reachable"]])
+        for d in devices)
+    count = "%d device%s" % (len(devices), "" if len(devices) == 1 else "s")
+    table = ("<table><thead><tr><th>Name</th><th>Product</th><th>Type</th>"
+             "<th class=\"id\">Id</th><th>Home</th><th>Reachable</th></tr></thead>\n"
+             "<tbody>\n%s</tbody></table>" % rows) if devices else \
+        "<p>Netatmo lists no devices for this account.</p>"
+    return page("Your Netatmo devices", "%s<p>%s.</p>\n%s\n<p>%s %s <a href=\"/\">Home</a></p>"
+                % (notes, count, table, button("/refresh", "Renew the token now"),
+                   button("/logout", "Log out")))
+
+
+def error_page(error):
+    """Return the page of a PageError: what happened, and a way on."""
+    return page(error.title, "<p>%s</p>\n<p><a class=\"button\" href=\"%s\">%s</a></p>"
+                % (escape(error.explanation), escape(error.link), escape(error.link_text)))
+
+
+# ---- The HTTP handler ----------------------------------------------------------
+
+class PageError(Exception):
+    """Stop handling a request and answer with this status and explanation."""
+
+    def __init__(self, status, title, explanation, link="/", link_text="Back to the start",
+                 error="error", headers=()):
+        Exception.__init__(self, title)
+        self.status = status
+        self.title = title
+        self.explanation = explanation
+        self.link = link
+        self.link_text = link_text
+        self.error = error      # the short name /devices.json answers with
+        self.headers = headers
+
+
+def login_again(status, title, explanation, error="login_failed"):
+    """Return a PageError whose way on is a fresh login."""
+    return PageError(status, title, explanation, "/login", "Log in again", error)
+
+
+# What usually causes each error Netatmo may send back to the redirect URI.
+AUTHORIZE_ERRORS = {
+    "redirect_uri_mismatch": "The redirect URI this program sent is not the one registered "
+                             "for your app at dev.netatmo.com. Register it exactly (scheme, "
+                             "host, port and path) or set --redirect-uri to the registered one.",
+    "invalid_client": "Netatmo does not know this client id. Check --client-id; a new app "
+                      "can take a few minutes to become active.",
+    "invalid_scope": "Netatmo refused a scope this program asked for. Check --scopes.",
+    "invalid_request": "Netatmo found the login request malformed. Check --client-id, "
+                       "--redirect-uri and --scopes.",
+}
+
+
+def page_error_for(error):
+    """Return the PageError that tells a person what a NetatmoError means for them."""
+    if error.rate_limited:
+        return PageError(429, "Netatmo's limit was reached",
+                         "Netatmo allows each user about 50 calls per 10 seconds and 500 "
+                         "per hour, and says that limit was reached. Try again later; after "
+                         "a heavy burst it can take an hour.", error="rate_limited",
+                         headers=(("Retry-After", "600"),))
+    if error.error == "invalid_client":
+        return PageError(502, "Netatmo refused this app's credentials",
+                         "The client id or client secret is wrong. Check them against "
+                         "dev.netatmo.com. A new app can take a few minutes to be accepted.",
+                         error="invalid_client")
+    if error.timeout:
+        return PageError(504, "Netatmo did not answer in time",
+                         "%s Netatmo may be slow or down; try again in a minute." % error.message,
+                         error="netatmo_timeout")
+    return PageError(502, "Netatmo failed",
+                     "The failing side is Netatmo's: %s Try again in a minute." % error.message,
+                     error="netatmo_failed")
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Routes each request to a method, and turns every error into a page."""
+
+    protocol_version = "HTTP/1.1"   # keep-alive: every answer says its Content-Length
+    server_version = "netatmo_stdlib/" + __version__
+    max_body = 64 * 1024
+    timeout = 30                    # seconds a silent client may hold a connection
+
+    # path: {method: handler method}
+    routes = {
+        "/": {"GET": "show_home"},
+        "/login": {"GET": "login"},
+        "/authenticate": {"GET": "authenticate"},
+        "/devices": {"GET": "show_devices"},
+        "/devices.json": {"GET": "devices_json"},
+        "/refresh": {"POST": "force_refresh"},
+        "/logout": {"POST": "logout"},
+        "/healthz": {"GET": "healthz"},
+    }
+
+    def do_GET(self):
+        """Answer any method through the route table."""
+        path = self.path.split("?", 1)[0]
+        self.query = self.path[len(path) + 1:]
+        methods = self.routes.get(path)
+        try:
+            self.read_body()
+            if methods is None:
+                raise PageError(404, "Page not found", "There is nothing at this address.")
+            name = methods.get("GET" if self.command == "HEAD" else self.command)
+            if name is None:
+                allow = ", ".join(sorted(set(methods) | ({"HEAD"} if "GET" in methods else set())))
+                raise PageError(405, "Method not allowed", "This address answers %s only."
+                                % allow, headers=(("Allow", allow),))
+            if self.command == "POST":
+                self.check_origin()
+            getattr(self, name)()
+        except NetatmoError as error:
+            self.send_error_page(page_error_for(error))
+        except PageError as error:
+            self.send_error_page(error)
+
+    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET
+
+    # -- the steps of the flow --
+
+    def show_home(self):
+        """GET /: the start page."""
+        self.send_html(200, home_page(self.logged_in()[1]))
+
+    def login(self):
+        """GET /login: (a) receive the authorization request, (b) redirect to Netatmo."""
+        config = self.server.config
+        host = self.headers.get("Host")
+        if host and not same_origin(config.redirect_uri, host):
+            # The cookie we set here must come back on the redirect URI's origin.
+            self.redirect(302, config.origin + "/login")
+            return
+        # (a) Receive the authorization request: a new pending login and its cookie.
+        for old_sid in self.cookie_values():
+            self.server.sessions.delete(old_sid)  # a new login replaces the old one
+        sid, login = self.server.sessions.start_login()
+        # (b) Redirect the browser to Netatmo's consent page.
+        location = self.server.netatmo.authorize_url(login.state, login.code_challenge)
+        self.redirect(302, location, cookie=sid)
+
+    def authenticate(self):
+        """GET /authenticate: (c) receive the code, (d) exchange it for tokens."""
+        params = urllib.parse.parse_qs(self.query, keep_blank_values=True)
+        # (c) Receive the code, and the state that proves this browser asked for it.
+        login = None
+        for sid in self.cookie_values():
+            login = login or self.server.sessions.take_login(sid)
+        error = one(params, "error")
+        if error is not None:
+            raise self.authorize_error(error)
+        code, state = one(params, "code"), one(params, "state")
+        if (login is None or not code or not state
+                or not hmac.compare_digest(state.encode(), login.state.encode())):
+            raise login_again(400, "This login link is not valid",
+                              "It was already used, it expired (a login must be finished "
+                              "within 10 minutes), or it was started in another browser. "
+                              "Start a new login.", error="invalid_state")
+        # (d) Exchange the code for tokens, and keep them under a new session id.
+        try:
+            tokens = self.server.netatmo.exchange_code(code, login.code_verifier)
+        except NetatmoError as e:
+            if e.error == "invalid_grant":
+                raise login_again(400, "This login link was already used or expired",
+                                  "Netatmo did not accept the code in it. Start a new login.")
+            raise
+        sid, _ = self.server.sessions.create(tokens)
+        self.redirect(303, "/devices", cookie=sid)
+
+    def authorize_error(self, error):
+        """Return the PageError for an error Netatmo sent back instead of a code."""
+        if error == "access_denied":
+            return PageError(403, "You declined",
+                             "You did not allow this program to read your Netatmo devices, "
+                             "so it has nothing to show.", "/login", "Try again",
+                             error="access_denied")
+        name = error if error.replace("_", "").isalnum() and len(error) <= 64 \
+            else "an unreadable error"
+        cause = AUTHORIZE_ERRORS.get(error, "Check this program's settings against your app "
+                                            "at dev.netatmo.com.")
+        return login_again(400, "Netatmo refused the login",
+                           "Netatmo answered %s. %s" % (name, cause), error="authorize_error")
+
+    def show_devices(self):
+        """GET /devices: (e) retrieve the devices and output them as a page."""
+        sid, session = self.logged_in()
+        if session is None:
+            self.redirect(303, "/login")
+            return
+        devices, not_granted = self.fetch_devices(sid, session)
+        self.send_html(200, devices_page(devices, [line for _, line in not_granted]))
+
+    def devices_json(self):
+        """GET /devices.json: (e) the same list, for programs."""
+        sid, session = self.logged_in()
+        if session is None:
+            self.send_json(401, {"error": "not_authenticated",
+                                 "message": "Log in at /login first."})
+            return
+        devices, not_granted = self.fetch_devices(sid, session)
+        self.send_json(200, {"devices": devices,
+                             "not_granted": [scope for scope, _ in not_granted]})
+
+    def fetch_devices(self, sid, session):
+        """Return (devices, [(scope, product line) not granted]), asking Netatmo at once.
+
+        Each endpoint the granted scopes allow is called in its own thread, so the
+        page waits for the slowest call, not for the sum of them.
+        """
+        client = self.server.netatmo
+        granted = set(session.tokens.scope)
+        requested = self.server.config.scopes.split()
+        calls = [(name, scope, line) for name, scope, line in DEVICE_ENDPOINTS
+                 if scope in granted]
+        not_granted = [(scope, line) for name, scope, line in DEVICE_ENDPOINTS
+                       if scope in requested and scope not in granted]
+        results = in_parallel([lambda name=name: session.api_get(client, name)
+                               for name, _, _ in calls])
+        if any(isinstance(error, LoginExpired) for _, error in results):
+            raise self.login_expired(sid)
+        bodies = {}
+        for (name, scope, line), (body, error) in zip(calls, results):
+            if isinstance(error, NetatmoError) and error.code == 13:
+                not_granted.append((scope, line))  # 403 code 13: scope not granted
+            elif error is not None:
+                raise error
+            else:
+                bodies[name] = body if isinstance(body, dict) else {}
+        return devices_of(bodies), not_granted
+
+    def login_expired(self, sid):
+        """Forget a session whose refresh token Netatmo refused; return its PageError."""
+        self.server.sessions.delete(sid)
+        error = login_again(401, "Your Netatmo login has ended",
+                            "Netatmo no longer accepts this session's refresh token (it "
+                            "expired, or was used by another program). Log in again.",
+                            error="not_authenticated")
+        error.headers = (("Set-Cookie", self.cookie("")),)
+        return error
+
+    def force_refresh(self):
+        """POST /refresh: renew the tokens now, then show the devices."""
+        sid, session = self.logged_in()
+        if session is None:
+            self.redirect(303, "/login")
+            return
+        try:
+            session.refresh(self.server.netatmo)
+        except LoginExpired:
+            raise self.login_expired(sid)
+        self.redirect(303, "/devices")
+
+    def logout(self):
+        """POST /logout: forget the session here and in the browser."""
+        for sid in self.cookie_values():
+            self.server.sessions.delete(sid)
+        self.redirect(303, "/", cookie="")
+
+    def healthz(self):
+        """GET /healthz: answer that the server runs."""
+        self.send_body(200, b"ok\n", "text/plain; charset=utf-8")
+
+    # -- requests --
+
+    def logged_in(self):
+        """Return (cookie value, Session) of this browser's login, or (None, None)."""
+        for sid in self.cookie_values():
+            session = self.server.sessions.get(sid)
+            if session is not None:
+                return sid, session
+        return None, None
+
+    def cookie_values(self):
+        """Return the values of every netatmo_session cookie the browser sent."""
+        values = []
+        for header in self.headers.get_all("Cookie") or ():
+            for pair in header.split(";"):
+                name, _, value = pair.strip().partition("=")
+                if name == COOKIE_NAME and value:
+                    values.append(value)
+        return values
+
+    def check_origin(self):
+        """Refuse a POST sent by a page of another origin (cross-site request forgery)."""
+        origin = self.headers.get("Origin")
+        if origin is not None and origin.lower() != self.server.config.origin:
+            raise PageError(403, "Request from another site refused",
+                            "This form was sent from a page that is not this program's.")
+
+    def read_body(self):
+        """Read and discard a request body, so the next request on the connection parses."""
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise PageError(411, "Length required", "Send a Content-Length, not chunks.")
+        length = self.headers.get("Content-Length")
+        if length is None:
+            return
+        length = length.strip()
+        if not length.isdigit():
+            self.close_connection = True
+            raise PageError(400, "Bad request", "The Content-Length header is not a number.")
+        if int(length) > self.max_body:
+            self.close_connection = True
+            raise PageError(413, "Request too large", "This program takes no large bodies.")
+        self.rfile.read(int(length))
+
+    # -- answers --
+
+    def send_body(self, status, body, content_type, headers=()):
+        """Send a whole answer with its length, so the connection can be kept alive."""
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def send_html(self, status, text, headers=()):
+        """Send an HTML page with the headers that keep it self-contained."""
+        self.send_body(status, text.encode("utf-8"), "text/html; charset=utf-8",
+                       tuple(headers) + (("Content-Security-Policy", CONTENT_SECURITY_POLICY),))
+
+    def send_json(self, status, value, headers=()):
+        """Send a JSON document."""
+        self.send_body(status, json.dumps(value, ensure_ascii=False).encode("utf-8"),
+                       "application/json; charset=utf-8", headers)
+
+    def send_error_page(self, error):
+        """Send a PageError as a page, or as JSON to a program that asked for JSON."""
+        if self.path.split("?", 1)[0].endswith(".json"):
+            self.send_json(error.status, {"error": error.error, "message": error.explanation},
+                           error.headers)
+        else:
+            self.send_html(error.status, error_page(error), error.headers)
+
+    def redirect(self, status, location, cookie=None):
+        """Send the browser to location; set (or with "" expire) the session cookie."""
+        headers = [("Location", location)]
+        if cookie is not None:
+            headers.append(("Set-Cookie", self.cookie(cookie)))
+        self.send_body(status, b"", "text/plain; charset=utf-8", headers)
+
+    def cookie(self, value):
+        """Return a Set-Cookie value for the session id; an empty one expires it."""
+        # SameSite=Lax, not Strict: the return from Netatmo to /authenticate is a
+        # cross-site navigation, and a Strict cookie would not be sent with it, so
+        # the state could never be matched. Lax still keeps it off cross-site POSTs.
+        parts = ["%s=%s" % (COOKIE_NAME, value), "HttpOnly", "SameSite=Lax", "Path=/"]
+        if self.server.config.secure_cookies:
+            parts.append("Secure")
+        if not value:
+            parts += ["Max-Age=0", "Expires=Thu, 01 Jan 1970 00:00:00 GMT"]
+        return "; ".join(parts)
+
+    def version_string(self):
+        """Return the Server header: our name, not the Python version."""
+        return self.server_version
+
+    def log_request(self, code="-", size="-"):
+        """Log one line per request, without the query string (it holds codes)."""
+        path = (self.path or "").split("?", 1)[0] if self.command else "-"
+        self.log_message('"%s %s" %s', self.command or "-", path, code)
+
+    def log_message(self, format, *args):
+        """Log through `logging`, dropping anything after a "?" that could be a query."""
+        message = format % args
+        if "?" in message:
+            message = message.split("?", 1)[0] + "?[query dropped]"
+        log.info("%s %s", self.address_string(), message)
+
+
+def one(params, name):
+    """Return the single value of a query parameter, or None if absent or repeated."""
+    values = params.get(name, [])
+    return values[0] if len(set(values)) == 1 else None
+
+
+def in_parallel(functions):
+    """Call each function in its own thread; return [(result, exception)] in order."""
+    results = [(None, None)] * len(functions)
+
+    def run(i, function):
+        try:
+            results[i] = (function(), None)
+        except Exception as error:  # handed back to the caller, who decides
+            results[i] = (None, error)
+
+    threads = [threading.Thread(target=run, args=(i, f)) for i, f in enumerate(functions)]
+    for thread in threads[1:]:
+        thread.start()
+    if functions:
+        run(0, functions[0])
+    for thread in threads[1:]:
+        thread.join()
+    return results
+
+
+class Server(socketserver.ThreadingMixIn, HTTPServer):
+    """An HTTP server with one thread per connection (ThreadingHTTPServer, also on 3.6)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, config):
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        self.address_family = family
+        HTTPServer.__init__(self, (config.host, config.port), Handler)
+        if config.port == 0:  # a free port was picked: the default redirect URI names it
+            default = config.redirect_uri == config.default_redirect_uri()
+            config.port = self.server_address[1]
+            if default:
+                config.redirect_uri = config.default_redirect_uri()
+        self.config = config
+        self.netatmo = NetatmoClient(config)
+        self.sessions = SessionStore()
+
+    def server_bind(self):
+        """Bind without HTTPServer's reverse DNS lookup, which can hang offline."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = self.server_address[0]
+        self.server_port = self.server_address[1]
+
+
+# ---- The command line ----------------------------------------------------------
+
+def main(argv=None, environ=None):
+    """Serve until Ctrl-C; return the exit status (2 for a bad setting)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        stream=sys.stderr)
+    try:
+        config = read_config(sys.argv[1:] if argv is None else argv,
+                             os.environ if environ is None else environ)
+        try:
+            server = Server(config)
+        except (OSError, OverflowError) as e:
+            raise ConfigError("cannot listen on %s port %d: %s; pass another --port or "
+                              "--host" % (config.host, config.port,
+                                          getattr(e, "strerror", None) or e))
+    except ConfigError as e:
+        sys.stderr.write("netatmo_stdlib: error: %s\n" % e)
+        return 2
+    open_host = "localhost" if config.host in ("", "0.0.0.0", "::") else config.host
+    if ":" in open_host:
+        open_host = "[%s]" % open_host
+    print("netatmo_stdlib: open http://%s:%d/ in a browser" % (open_host, config.port))
+    print("netatmo_stdlib: the redirect URI to register at %s is %s"
+          % (APPS_PAGE, config.redirect_uri), flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("netatmo_stdlib: stopped")
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C before the server started
+        sys.exit(0)
