@@ -1,0 +1,518 @@
+"""A fake Netatmo cloud on 127.0.0.1, for the tests and for `make demo`.
+
+It speaks the protocol netatmo_stdlib talks to, as strictly as the real cloud does
+(see tests/fixtures/README.md for where its answers come from):
+
+- GET /oauth2/authorize shows a plain consent page; POST /oauth2/authorize is that
+  page's form. A test approves or denies without the page by sending the header
+  `X-Fake-Approve: <user>` or `X-Fake-Approve: deny`, or by setting `auto_approve`.
+  An unregistered redirect_uri comes back as ?error=redirect_uri_mismatch.
+- POST /oauth2/token: codes are single use, expire, and are bound to the
+  redirect_uri and the PKCE challenge of their authorize request; refresh tokens
+  rotate, and a used one answers invalid_grant (and is counted in `refresh_reuse`).
+- GET or POST /api/homesdata, /api/getstationsdata, /api/gethomecoachsdata answer in
+  Netatmo's envelopes, with 403 code 2 (unknown token), 3 (expired), 13 (scope not
+  granted) and 429 code 26 (rate limit: 50 calls per 10 s and 500 per hour per user).
+- Faults on demand: latency, 500 with HTML, non-JSON, connection reset, no answer.
+- Everything it receives is recorded in `requests`.
+
+Run it alone for the demo: python3 tests/fake_netatmo.py --port 8001 ...
+"""
+
+import argparse
+import base64
+import copy
+import hashlib
+import html
+import json
+import os
+import secrets
+import socket
+import socketserver
+import struct
+import sys
+import threading
+import time
+import urllib.parse
+from collections import namedtuple
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+
+KNOWN_SCOPES = set("""read_station read_thermostat write_thermostat read_camera write_camera
+access_camera read_presence write_presence access_presence read_doorbell access_doorbell
+read_homecoach read_smokedetector read_carbonmonoxidedetector read_magellan write_magellan
+read_bubendorff write_bubendorff read_smarther write_smarther read_mx write_mx read_bfi
+write_bfi read_mhs1 write_mhs1""".split())
+
+ENDPOINT_SCOPES = {
+    "/api/homesdata": "read_thermostat",
+    "/api/getstationsdata": "read_station",
+    "/api/gethomecoachsdata": "read_homecoach",
+}
+
+
+def fixture(name):
+    """Return the `body` of a recorded real response in tests/fixtures."""
+    with open(os.path.join(FIXTURES, name), encoding="utf-8") as f:
+        return json.load(f)["body"]
+
+
+def hostile_account():
+    """Return bob's account: hostile and odd names, in each endpoint's real shape."""
+    return {
+        "/api/homesdata": {"homes": [{
+            "id": "bbbbbbbbbbbbbbbbbbbbbbbb", "name": "<b>Bob's \"home\"</b> & co",
+            "modules": [
+                {"id": "70:ee:50:00:00:01", "type": "NAPlug",
+                 "name": "<script>alert('pwned')</script>"},
+                {"id": "04:00:00:00:00:02", "type": "NATherm1", "name": "Küche ☃ 温度"},
+                {"id": "04:00:00:00:00:03", "type": "NRV"},
+                {"id": " 70:ee:50:00:00:04 ", "type": "XYZ9", "name": "Mystery\r\nbox"},
+                {"id": "70:ee:50:00:00:05", "type": "NAMain", "name": "Bob's station"},
+            ]}], "user": {"email": "bob@example.com"}},
+        "/api/getstationsdata": {"devices": [{
+            "_id": "70 :ee: 50:00:00:05", "type": "NAMain", "module_name": "Indoor",
+            "home_id": "bbbbbbbbbbbbbbbbbbbbbbbb", "reachable": True,
+            "modules": [{"_id": "02:00:00:00:00:06", "type": "NAModule1",
+                         "module_name": "<img src=x onerror=alert(1)>", "reachable": False}]}],
+            "user": {"mail": "bob@example.com"}},
+        "/api/gethomecoachsdata": {"devices": [], "user": {"mail": "bob@example.com"}},
+    }
+
+
+def default_users():
+    """Return the accounts the fake knows, by user name."""
+    return {
+        # alice: a real account with 51 home modules, 7 stations and 5 home coaches.
+        "alice": {"/api/homesdata": fixture("homesdata.json"),
+                  "/api/getstationsdata": fixture("getstationsdata.json"),
+                  "/api/gethomecoachsdata": fixture("gethomecoachsdata.json")},
+        "bob": hostile_account(),
+        # carol: no homes, unreachable stations without dashboard_data, no coaches.
+        "carol": {"/api/homesdata": fixture("homesdata_empty.json"),
+                  "/api/getstationsdata": fixture("weatherstation_data_unreachable_station.json"),
+                  "/api/gethomecoachsdata": {"devices": []}},
+        # dave: a large account, 2 homes and 139 modules.
+        "dave": {"/api/homesdata": fixture("homesdata_multi.json"),
+                 "/api/getstationsdata": {"devices": []},
+                 "/api/gethomecoachsdata": {"devices": []}},
+    }
+
+
+Recorded = namedtuple("Recorded", "method path query form headers via_proxy")
+Grant = namedtuple("Grant", "user client_id scope expires_at")
+CodeGrant = namedtuple("CodeGrant", "user client_id scope redirect_uri challenge "
+                                    "challenge_method expires_at")
+
+
+def hexes(n):
+    """Return n random hex digits."""
+    return secrets.token_hex(n // 2)
+
+
+class FakeNetatmo(object):
+    """The state of the fake cloud, and the knobs tests turn."""
+
+    def __init__(self, client_id="test-client", client_secret="test-secret", users=None):
+        self.clients = {client_id: client_secret}
+        self.redirect_uris = set()
+        self.users = users or default_users()
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        # knobs
+        self.auto_approve = None       # a user name, or "deny": approve without a page
+        self.expires_in = 10800        # lifetime of access tokens, seconds
+        self.code_ttl = 60             # lifetime of authorization codes, seconds
+        self.latency = 0.0             # seconds added to every /api call
+        self.slow_seconds = 2.0        # how long a "slow" fault delays its answer
+        self.rate_limits = ((50, 10), (500, 3600))  # (calls, seconds) per user
+        self.withheld_scopes = set()   # scopes the person unticks at the consent page
+        self.scope_format = "list"     # how /oauth2/token writes scope: list, string, none
+        self.faults = []               # [path, kind, remaining count]
+        # state
+        self.codes = {}
+        self.access_tokens = {}
+        self.refresh_tokens = {}
+        self.access_of_refresh = {}    # refresh token -> the access token issued with it
+        self.retired_refresh_tokens = set()
+        self.api_calls = {}            # user -> [times]
+        # records
+        self.requests = []
+        self.refresh_reuse = 0
+        self.server = None
+
+    # -- life --
+
+    def start(self):
+        """Serve on a free port of 127.0.0.1 in a thread; return the base URL."""
+        self.server = FakeServer(("127.0.0.1", 0), FakeHandler)
+        self.server.fake = self
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        return self.url
+
+    @property
+    def url(self):
+        """Return the base URL, as netatmo_stdlib's --api-url."""
+        return "http://127.0.0.1:%d" % self.server.server_address[1]
+
+    def stop(self):
+        """Release hanging requests, stop serving and close the socket."""
+        self.stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+    # -- knobs for tests --
+
+    def register_redirect_uri(self, uri):
+        """Register a redirect URI for the client, as at dev.netatmo.com."""
+        self.redirect_uris.add(uri)
+
+    def fail(self, path, kind, times=1):
+        """Make the next `times` requests to path fail with this kind of fault.
+
+        Kinds: "500_html", "non_json", "reset", "hang", "slow", "no_body", "no_token",
+        "rate_limit" (429 code 26), "too_many_connections", "invalid_grant",
+        "invalid_client", "scope" (403 code 13).
+        """
+        with self.lock:
+            self.faults.append([path, kind, times])
+
+    def expire_access_tokens(self):
+        """Make every access token expired, as after three hours."""
+        with self.lock:
+            for token, grant in self.access_tokens.items():
+                self.access_tokens[token] = grant._replace(expires_at=0)
+
+    def revoke_scope(self, scope):
+        """Take a scope away from every token, as a person can in Netatmo's settings."""
+        with self.lock:
+            for table in (self.access_tokens, self.refresh_tokens):
+                for token, grant in table.items():
+                    table[token] = grant._replace(
+                        scope=[s for s in grant.scope if s != scope])
+
+    # -- what tests read --
+
+    def requests_to(self, path):
+        """Return the recorded requests to one path."""
+        with self.lock:
+            return [r for r in self.requests if r.path == path]
+
+    def token_requests(self, grant_type=None):
+        """Return the recorded requests to the token endpoint, of one grant type."""
+        return [r for r in self.requests_to("/oauth2/token")
+                if grant_type is None or r.form.get("grant_type") == grant_type]
+
+    def every_secret(self):
+        """Return every code, state and token the fake handed out or received."""
+        with self.lock:
+            found = set(self.codes) | set(self.access_tokens) | set(self.refresh_tokens)
+            found |= self.retired_refresh_tokens
+            for r in self.requests:
+                for key in ("state", "code", "code_verifier", "client_secret",
+                            "refresh_token"):
+                    found.update(v for v in (r.query.get(key), r.form.get(key)) if v)
+            found.update(self.clients.values())
+        return found
+
+    def take_fault(self, path):
+        """Return the kind of fault to inject on this request to path, or None."""
+        with self.lock:
+            for fault in self.faults:
+                if fault[0] == path and fault[2] > 0:
+                    fault[2] -= 1
+                    return fault[1]
+        return None
+
+    # -- the protocol --
+
+    def authorize(self, params, decision):
+        """Return (status, headers, body) for an authorize request and a decision."""
+        client_id = params.get("client_id", "")
+        redirect_uri = params.get("redirect_uri", "")
+        state = params.get("state")
+        if client_id not in self.clients:
+            return 400, {}, page("Unknown application", "No app has this client_id.")
+        if redirect_uri not in self.redirect_uris:
+            return self.back(redirect_uri, error="redirect_uri_mismatch", state=state)
+        if decision is None:
+            return 200, {}, consent_page(params, sorted(self.users))
+        if decision == "deny":
+            return self.back(redirect_uri, error="access_denied")
+        if decision not in self.users:
+            return 400, {}, page("Unknown user", "No such user at the fake Netatmo.")
+        requested = params.get("scope", "read_station").split(" ")
+        scope = [s for s in requested if s in KNOWN_SCOPES and s not in self.withheld_scopes]
+        code = hexes(32)
+        with self.lock:
+            self.codes[code] = CodeGrant(decision, client_id, scope, redirect_uri,
+                                         params.get("code_challenge"),
+                                         params.get("code_challenge_method", "plain"),
+                                         time.time() + self.code_ttl)
+        return self.back(redirect_uri, state=state, code=code)
+
+    def back(self, redirect_uri, **params):
+        """Return a 302 to the redirect URI with these parameters."""
+        query = urllib.parse.urlencode([(k, v) for k, v in params.items() if v is not None])
+        sep = "&" if "?" in redirect_uri else "?"
+        return 302, {"Location": redirect_uri + sep + query}, b""
+
+    def token(self, form):
+        """Return (status, JSON answer) of the token endpoint."""
+        if self.clients.get(form.get("client_id")) != form.get("client_secret") \
+                or not form.get("client_secret"):
+            return 400, {"error": "invalid_client"}
+        grant_type = form.get("grant_type")
+        with self.lock:
+            if grant_type == "authorization_code":
+                grant = self.codes.pop(form.get("code", ""), None)
+                if (grant is None or grant.expires_at < time.time()
+                        or grant.client_id != form["client_id"]
+                        or grant.redirect_uri != form.get("redirect_uri")
+                        or not pkce_ok(grant, form.get("code_verifier"))):
+                    return 400, {"error": "invalid_grant"}
+                return 200, self.issue(grant.user, grant.client_id, grant.scope)
+            if grant_type == "refresh_token":
+                refresh_token = form.get("refresh_token", "")
+                grant = self.refresh_tokens.pop(refresh_token, None)
+                if grant is None:
+                    if refresh_token in self.retired_refresh_tokens:
+                        self.refresh_reuse += 1
+                    return 400, {"error": "invalid_grant"}
+                # Rotation: the old pair dies, a new pair is born.
+                self.retired_refresh_tokens.add(refresh_token)
+                self.access_tokens.pop(self.access_of_refresh.pop(refresh_token), None)
+                return 200, self.issue(grant.user, grant.client_id, grant.scope)
+        return 400, {"error": "invalid_request"}
+
+    def issue(self, user, client_id, scope):
+        """Create a token pair (the caller holds the lock) and return the answer."""
+        access_token = "%s|%s" % (hexes(24), hexes(32))
+        refresh_token = "%s|%s" % (hexes(24), hexes(32))
+        self.access_tokens[access_token] = Grant(user, client_id, list(scope),
+                                                 time.time() + self.expires_in)
+        self.refresh_tokens[refresh_token] = Grant(user, client_id, list(scope), None)
+        self.access_of_refresh[refresh_token] = access_token
+        answer = {"access_token": access_token, "refresh_token": refresh_token,
+                  "expires_in": self.expires_in, "expire_in": self.expires_in}
+        if self.scope_format == "list":
+            answer["scope"] = list(scope)
+        elif self.scope_format == "string":
+            answer["scope"] = " ".join(scope)
+        return answer
+
+    def api(self, path, authorization):
+        """Return (status, JSON answer) of a device endpoint."""
+        token = authorization[len("Bearer "):] if authorization.startswith("Bearer ") else ""
+        if not token:
+            return 401, api_error(1, "Access token is missing")
+        with self.lock:
+            grant = self.access_tokens.get(token)
+            if grant is None:
+                return 403, api_error(2, "Invalid access_token")
+            if grant.expires_at < time.time():
+                return 403, api_error(3, "Access token expired")
+            if ENDPOINT_SCOPES[path] not in grant.scope:
+                return 403, api_error(13, "Application does not have the good scope rights")
+            if not self.within_rate_limits(grant.user):
+                return 429, api_error(26, "User usage reached")
+            body = copy.deepcopy(self.users[grant.user][path])
+        return 200, {"body": body, "status": "ok", "time_exec": 0.012,
+                     "time_server": int(time.time())}
+
+    def within_rate_limits(self, user):
+        """Count one call of user; return False if it is over a limit (lock held)."""
+        now = time.time()
+        calls = self.api_calls.setdefault(user, [])
+        calls.append(now)
+        if not self.rate_limits:
+            return True
+        longest = max(seconds for _, seconds in self.rate_limits)
+        calls[:] = [t for t in calls if now - t < longest]
+        return all(sum(1 for t in calls if now - t < seconds) <= limit
+                   for limit, seconds in self.rate_limits)
+
+
+def pkce_ok(grant, verifier):
+    """Return True if the verifier matches the challenge of the authorize request."""
+    if grant.challenge is None:
+        return True  # no challenge was sent: nothing to check
+    if not verifier:
+        return False
+    if grant.challenge_method == "S256":
+        digest = hashlib.sha256(verifier.encode("ascii")).digest()
+        verifier = base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return secrets.compare_digest(verifier, grant.challenge)
+
+
+def api_error(code, message):
+    """Return Netatmo's /api error envelope."""
+    return {"error": {"code": code, "message": message}}
+
+
+def page(title, text):
+    """Return a tiny HTML page."""
+    return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>%s</title></head>"
+            "<body><h1>%s</h1><p>%s</p></body></html>" % (
+                html.escape(title), html.escape(title), html.escape(text))).encode("utf-8")
+
+
+def consent_page(params, users):
+    """Return the fake's consent page: pick a user, then approve or deny."""
+    hidden = "".join('<input type="hidden" name="%s" value="%s">'
+                     % (html.escape(k), html.escape(v)) for k, v in sorted(params.items()))
+    options = "".join('<option>%s</option>' % html.escape(u) for u in users)
+    scopes = html.escape(params.get("scope", "read_station"))
+    return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            "<title>Fake Netatmo: authorize</title></head><body style=\"font-family:sans-serif;"
+            "max-width:40rem;margin:2rem auto\"><h1>Fake Netatmo</h1>"
+            "<p>This is the demo's stand-in for Netatmo's login page. An app asks to read "
+            "your devices (scopes: <code>%s</code>).</p>"
+            "<form method=\"post\" action=\"/oauth2/authorize\">%s"
+            "<p><label>Log in as <select name=\"user\">%s</select></label></p>"
+            "<p><button name=\"decision\" value=\"approve\">Yes, I accept</button> "
+            "<button name=\"decision\" value=\"deny\">No, I refuse</button></p>"
+            "</form></body></html>" % (scopes, hidden, options)).encode("utf-8")
+
+
+class FakeHandler(BaseHTTPRequestHandler):
+    """Routes the fake's requests, records them, and injects faults."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        """Answer GET and POST alike."""
+        fake = self.server.fake
+        target = self.path
+        via_proxy = target.startswith("http://")  # absolute form: sent through a proxy
+        if via_proxy:
+            target = "/" + target.split("/", 3)[3] if target.count("/") >= 3 else "/"
+        path, _, query = target.partition("?")
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        form = dict(urllib.parse.parse_qsl(raw.decode("utf-8", "replace")))
+        query = dict(urllib.parse.parse_qsl(query))
+        with fake.lock:
+            fake.requests.append(Recorded(self.command, path, query, form,
+                                          dict(self.headers.items()), via_proxy))
+        fault = fake.take_fault(path)
+        if fault and self.inject(fault):
+            return
+        if path == "/oauth2/authorize":
+            params = dict(query, **form)
+            decision = self.headers.get("X-Fake-Approve") or fake.auto_approve
+            if self.command == "POST":
+                decision = params.pop("user", None) if params.pop("decision", None) == \
+                    "approve" else "deny"
+            status, headers, body = fake.authorize(params, decision)
+            self.answer(status, body, "text/html; charset=utf-8", headers)
+        elif path == "/oauth2/token" and self.command == "POST":
+            status, answer = fake.token(form)
+            self.answer_json(status, answer)
+        elif path in ENDPOINT_SCOPES:
+            if fake.latency:
+                fake.stopping.wait(fake.latency)
+            status, answer = fake.api(path, self.headers.get("Authorization", ""))
+            self.answer_json(status, answer)
+        else:
+            self.answer_json(404, api_error(404, "Not found"))
+
+    do_POST = do_GET
+
+    def inject(self, kind):
+        """Misbehave as told; return True if the request is answered (or dropped)."""
+        fake = self.server.fake
+        if kind == "hang":
+            fake.stopping.wait(60)
+            self.close_connection = True
+            return True
+        if kind == "slow":
+            fake.stopping.wait(fake.slow_seconds)
+            return False
+        if kind == "reset":
+            # SO_LINGER with a zero timeout turns close() into a TCP reset.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
+            self.close_connection = True
+            return True
+        answers = {
+            "500_html": (500, b"<html><body><h1>500 Internal Server Error</h1></body></html>",
+                         "text/html"),
+            "non_json": (200, b"<html>Maintenance</html>", "text/html"),
+            "no_body": (200, b'{"status": "ok", "time_server": 1559171003}',
+                        "application/json"),
+            "no_token": (200, b'{"scope": ["read_station"], "expires_in": 10800}',
+                         "application/json"),
+            "rate_limit": (429, json.dumps(api_error(26, "User usage reached")).encode(),
+                           "application/json"),
+            "too_many_connections": (400, b'{"error": "too_many_connections"}',
+                                     "application/json"),
+            "invalid_grant": (400, b'{"error": "invalid_grant"}', "application/json"),
+            "invalid_client": (400, b'{"error": "invalid_client"}', "application/json"),
+            "scope": (403, json.dumps(api_error(13, "Application does not have the good "
+                                                    "scope rights")).encode(),
+                      "application/json"),
+        }
+        status, body, content_type = answers[kind]
+        self.answer(status, body, content_type)
+        return True
+
+    def answer(self, status, body, content_type, headers=None):
+        """Send an answer with its length."""
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def answer_json(self, status, answer):
+        """Send a JSON answer, as Netatmo does."""
+        self.answer(status, json.dumps(answer).encode("utf-8"), "application/json")
+
+    def log_message(self, format, *args):
+        """Stay quiet: the tests read `requests` instead."""
+
+
+class FakeServer(socketserver.ThreadingMixIn, HTTPServer):
+    """One thread per connection, on every Python the project supports."""
+    daemon_threads = True
+
+    def server_bind(self):
+        """Bind without a reverse DNS lookup."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+
+def main():
+    """Serve the fake cloud for the demo until Ctrl-C."""
+    parser = argparse.ArgumentParser(description="A fake Netatmo cloud for the demo.")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--client-id", default="demo-client")
+    parser.add_argument("--client-secret", default="demo-secret")
+    parser.add_argument("--redirect-uri", default="http://127.0.0.1:8000/authenticate")
+    args = parser.parse_args()
+    fake = FakeNetatmo(args.client_id, args.client_secret)
+    fake.register_redirect_uri(args.redirect_uri)
+    fake.server = FakeServer(("127.0.0.1", args.port), FakeHandler)
+    fake.server.fake = fake
+    print("fake Netatmo: serving on %s (users: %s)" % (fake.url, ", ".join(sorted(fake.users))),
+          flush=True)
+    try:
+        fake.server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fake.server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

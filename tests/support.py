@@ -1,0 +1,166 @@
+"""What every test needs: the fake cloud, the app on a free port, and a browser."""
+
+import http.client
+import logging
+import os
+import sys
+import threading
+import unittest
+import urllib.parse
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+import netatmo_stdlib  # noqa: E402
+from tests.fake_netatmo import FakeNetatmo  # noqa: E402
+
+# A proxy set in the environment must not capture loopback traffic.
+os.environ["no_proxy"] = os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+
+CLIENT_ID = "test-client"
+CLIENT_SECRET = "test-secret"
+
+
+class LogCapture(logging.Handler):
+    """Keeps every record netatmo_stdlib logs, for tests to read."""
+
+    def __init__(self):
+        logging.Handler.__init__(self, logging.DEBUG)
+        self.lines = []
+        self.lock_ = threading.Lock()
+
+    def emit(self, record):
+        with self.lock_:
+            self.lines.append(record.getMessage())
+
+    def text(self):
+        """Return everything logged so far, one line per record."""
+        with self.lock_:
+            return "\n".join(self.lines)
+
+
+class Response(object):
+    """What a browser sees of one answer."""
+
+    def __init__(self, response, url):
+        self.url = url
+        self.status = response.status
+        self.headers = response.msg
+        self.body = response.read()
+
+    @property
+    def text(self):
+        return self.body.decode("utf-8")
+
+    @property
+    def location(self):
+        return self.headers.get("Location")
+
+    def json(self):
+        import json
+        return json.loads(self.text)
+
+
+class Browser(object):
+    """A small browser: keeps cookies per host, as browsers do, and follows redirects."""
+
+    def __init__(self):
+        self.cookies = {}   # host -> {name: value}
+        self.set_cookies = []  # every Set-Cookie header received, as sent
+
+    def request(self, method, url, headers=None, body=None):
+        """Send one request with this browser's cookies; return the Response."""
+        parts = urllib.parse.urlsplit(url)
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        target = parts.path + ("?" + parts.query if parts.query else "")
+        headers = dict(headers or {})
+        jar = self.cookies.setdefault(parts.hostname, {})
+        if jar and "Cookie" not in headers:
+            headers["Cookie"] = "; ".join("%s=%s" % kv for kv in jar.items())
+        try:
+            connection.request(method, target or "/", body=body, headers=headers)
+            response = Response(connection.getresponse(), url)
+        finally:
+            connection.close()
+        for header in response.headers.get_all("Set-Cookie") or ():
+            self.set_cookies.append(header)
+            name, _, rest = header.partition("=")
+            value = rest.split(";", 1)[0]
+            if "max-age=0" in header.lower() or not value:
+                jar.pop(name, None)
+            else:
+                jar[name] = value
+        return response
+
+    def get(self, url, headers=None):
+        return self.request("GET", url, headers)
+
+    def post(self, url, headers=None, body=b""):
+        return self.request("POST", url, headers, body)
+
+    def follow(self, url, approve_as=None, limit=10):
+        """GET url and follow redirects; approve at the fake as approve_as. Return hops."""
+        hops = []
+        method = "GET"
+        for _ in range(limit):
+            headers = {}
+            if approve_as and "/oauth2/authorize" in url:
+                headers["X-Fake-Approve"] = approve_as
+            response = self.request(method, url, headers)
+            hops.append(response)
+            if response.status not in (301, 302, 303, 307, 308):
+                return hops
+            url = urllib.parse.urljoin(url, response.location)
+        raise AssertionError("more than %d redirects" % limit)
+
+    def cookie(self, host="127.0.0.1"):
+        """Return this browser's netatmo_session cookie for host, or None."""
+        return self.cookies.get(host, {}).get(netatmo_stdlib.COOKIE_NAME)
+
+
+class AppTestCase(unittest.TestCase):
+    """Starts the fake cloud and the app for each test; cleans both up."""
+
+    scopes = netatmo_stdlib.DEFAULT_SCOPES
+
+    def setUp(self):
+        self.fake = FakeNetatmo(CLIENT_ID, CLIENT_SECRET)
+        self.fake.start()
+        self.addCleanup(self.fake.stop)
+        self.log = LogCapture()
+        logger = logging.getLogger("netatmo_stdlib")
+        logger.addHandler(self.log)
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = False
+        self.addCleanup(logger.removeHandler, self.log)
+        self.server = self.start_app()
+        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+
+    def start_app(self, **settings):
+        """Start netatmo_stdlib on a free port against the fake; return its server."""
+        options = dict(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, host="127.0.0.1",
+                       port=0, scopes=self.scopes, api_url=self.fake.url, timeout=5)
+        options.update(settings)
+        server = netatmo_stdlib.Server(netatmo_stdlib.Config(**options))
+        self.fake.register_redirect_uri(server.config.redirect_uri)
+        thread = threading.Thread(target=server.serve_forever)
+        thread.start()
+
+        def stop():
+            server.shutdown()
+            server.server_close()
+            thread.join()
+        self.addCleanup(stop)
+        return server
+
+    def login(self, user="alice", browser=None):
+        """Log a new browser in as user; return (browser, hops)."""
+        browser = browser or Browser()
+        hops = browser.follow(self.url + "/login", approve_as=user)
+        self.assertEqual(hops[-1].status, 200, hops[-1].text[:500])
+        self.assertEqual(hops[-1].url, self.url + "/devices")
+        return browser, hops
+
+    def assertNoTraceback(self):
+        self.assertNotIn("Traceback", self.log.text())
