@@ -1129,6 +1129,7 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # socketserver's 5 drops bursts of browsers' connections
 
     def __init__(self, config):
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET

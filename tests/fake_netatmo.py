@@ -148,7 +148,8 @@ class FakeNetatmo(object):
         """Serve on a free port of 127.0.0.1 in a thread; return the base URL."""
         self.server = FakeServer(("127.0.0.1", 0), FakeHandler)
         self.server.fake = self
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                       daemon=True)
         self.thread.start()
         return self.url
 
@@ -158,7 +159,9 @@ class FakeNetatmo(object):
         return "http://127.0.0.1:%d" % self.server.server_address[1]
 
     def stop(self):
-        """Release hanging requests, stop serving and close the socket."""
+        """Release hanging requests, stop serving and close the socket (once)."""
+        if self.stopping.is_set():
+            return
         self.stopping.set()
         self.server.shutdown()
         self.server.server_close()
@@ -484,6 +487,7 @@ class FakeHandler(BaseHTTPRequestHandler):
 class FakeServer(socketserver.ThreadingMixIn, HTTPServer):
     """One thread per connection, on every Python the project supports."""
     daemon_threads = True
+    request_queue_size = 128
 
     def server_bind(self):
         """Bind without a reverse DNS lookup."""

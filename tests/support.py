@@ -144,7 +144,7 @@ class AppTestCase(unittest.TestCase):
         options.update(settings)
         server = netatmo_stdlib.Server(netatmo_stdlib.Config(**options))
         self.fake.register_redirect_uri(server.config.redirect_uri)
-        thread = threading.Thread(target=server.serve_forever)
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,))
         thread.start()
 
         def stop():

@@ -1,0 +1,283 @@
+"""The login flow, steps (a) to (d), and every way it can go wrong."""
+
+import base64
+import hashlib
+import threading
+import urllib.parse
+
+from tests.support import AppTestCase, Browser, CLIENT_ID
+
+
+def query_of(url):
+    """Return the query parameters of a URL as a dict of single values."""
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+
+
+class LoginFlowTest(AppTestCase):
+
+    def test_login_redirects_to_netatmo_with_every_parameter(self):
+        response = Browser().get(self.url + "/login")
+        self.assertEqual(response.status, 302)
+        location = response.location
+        self.assertTrue(location.startswith(self.fake.url + "/oauth2/authorize?"))
+        params = query_of(location)
+        self.assertEqual(params["client_id"], CLIENT_ID)
+        self.assertEqual(params["redirect_uri"], self.url + "/authenticate")
+        self.assertEqual(params["scope"], "read_station read_thermostat read_homecoach")
+        self.assertIn("scope=read_station%20read_thermostat%20read_homecoach", location)
+        self.assertEqual(params["response_type"], "code")
+        self.assertEqual(params["code_challenge_method"], "S256")
+        self.assertGreaterEqual(len(params["state"]), 22)  # at least 128 bits, base64
+        self.assertRegex(params["code_challenge"], r"^[A-Za-z0-9_-]{43}$")
+
+    def test_each_login_gets_its_own_state_and_cookie(self):
+        first, second = Browser().get(self.url + "/login"), Browser().get(self.url + "/login")
+        self.assertNotEqual(query_of(first.location)["state"],
+                            query_of(second.location)["state"])
+        self.assertNotEqual(first.headers["Set-Cookie"], second.headers["Set-Cookie"])
+
+    def test_full_flow_lists_the_devices(self):
+        browser, hops = self.login("alice")
+        self.assertEqual([h.status for h in hops], [302, 302, 303, 200])
+        self.assertEqual(hops[2].location, "/devices")  # the code leaves the address bar
+        self.assertIn("MyStation", hops[-1].text)
+        self.assertIn("Villa", hops[-1].text)
+
+    def test_token_request_carries_the_same_redirect_uri_and_the_pkce_verifier(self):
+        self.login("alice")
+        authorize = self.fake.requests_to("/oauth2/authorize")[0].query
+        [token] = self.fake.token_requests("authorization_code")
+        self.assertEqual(token.form["redirect_uri"], authorize["redirect_uri"])
+        self.assertEqual(token.form["client_id"], CLIENT_ID)
+        self.assertEqual(token.form["client_secret"], "test-secret")
+        digest = hashlib.sha256(token.form["code_verifier"].encode()).digest()
+        self.assertEqual(base64.urlsafe_b64encode(digest).rstrip(b"=").decode(),
+                         authorize["code_challenge"])
+        self.assertTrue(token.headers["Content-Type"].startswith(
+            "application/x-www-form-urlencoded"))
+
+    def test_session_id_changes_at_login_and_the_old_one_stops_working(self):
+        browser = Browser()
+        browser.get(self.url + "/login")
+        pre_login = browser.cookie()
+        self.login("alice", browser)
+        self.assertNotEqual(browser.cookie(), pre_login)
+        stale = Browser()
+        stale.cookies["127.0.0.1"] = {"netatmo_session": pre_login}
+        self.assertEqual(stale.get(self.url + "/devices.json").status, 401)
+
+    def test_cookie_attributes(self):
+        browser, _ = self.login("alice")
+        self.assertEqual(len(browser.set_cookies), 2)  # at /login, and the new id at login
+        for header in browser.set_cookies:
+            attributes = [a.strip() for a in header.split(";")]
+            self.assertIn("HttpOnly", attributes)
+            self.assertIn("SameSite=Lax", attributes)
+            self.assertIn("Path=/", attributes)
+            self.assertNotIn("Secure", attributes)
+            self.assertGreaterEqual(len(attributes[0].split("=", 1)[1]), 43)
+
+    def test_cookie_is_secure_when_the_redirect_uri_is_https(self):
+        server = self.start_app(redirect_uri="https://netatmo.example.org/authenticate")
+        url = "http://127.0.0.1:%d/login" % server.server_address[1]
+        response = Browser().get(url, headers={"Host": "netatmo.example.org"})
+        self.assertEqual(response.status, 302)
+        self.assertIn("Secure", [a.strip() for a in response.headers["Set-Cookie"].split(";")])
+
+    def test_login_on_another_origin_first_moves_to_the_redirect_uris_origin(self):
+        port = self.server.server_address[1]
+        response = Browser().get("http://localhost:%d/login" % port)
+        self.assertEqual(response.status, 302)
+        self.assertEqual(response.location, self.url + "/login")
+        self.assertIsNone(response.headers.get("Set-Cookie"))
+        self.assertEqual(self.fake.requests_to("/oauth2/authorize"), [])
+
+    def test_two_users_at_once_see_only_their_own_devices(self):
+        results = {}
+
+        def run(user):
+            browser, hops = self.login(user)
+            results[user] = (hops[-1].text, browser.get(self.url + "/devices.json").json())
+
+        threads = [threading.Thread(target=run, args=(u,)) for u in ("alice", "dave")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        alice_page, alice_json = results["alice"]
+        dave_page, dave_json = results["dave"]
+        self.assertIn("MyStation", alice_page)
+        self.assertNotIn("A BIG HOME", alice_page)
+        self.assertIn("A BIG HOME", dave_page)
+        self.assertNotIn("MyStation", dave_page)
+        alice_ids = {d["id"] for d in alice_json["devices"]}
+        dave_ids = {d["id"] for d in dave_json["devices"]}
+        self.assertEqual(len(dave_ids), 139)
+        self.assertFalse(alice_ids & dave_ids)
+
+    def test_home_page_shows_login_link_then_expiry_and_scopes_never_the_token(self):
+        browser = Browser()
+        page = browser.get(self.url + "/")
+        self.assertIn('href="/login"', page.text)
+        self.assertIn("Log in with Netatmo", page.text)
+        self.login("alice", browser)
+        page = browser.get(self.url + "/").text
+        self.assertIn('href="/devices"', page)
+        self.assertIn("Access token valid until: 20", page)
+        self.assertIn("read_station read_thermostat read_homecoach", page)
+        self.assertIn('action="/logout"', page)
+        for secret in self.fake.every_secret():
+            self.assertNotIn(secret, page)
+
+    def test_logout_forgets_the_session_on_the_server_and_expires_the_cookie(self):
+        browser, _ = self.login("alice")
+        cookie = browser.cookie()
+        response = browser.post(self.url + "/logout")
+        self.assertEqual(response.status, 303)
+        self.assertEqual(response.location, "/")
+        self.assertIn("Max-Age=0", response.headers["Set-Cookie"])
+        replay = Browser()
+        replay.cookies["127.0.0.1"] = {"netatmo_session": cookie}
+        self.assertEqual(replay.get(self.url + "/devices").status, 303)
+        self.assertEqual(replay.get(self.url + "/devices.json").status, 401)
+
+
+class CallbackTest(AppTestCase):
+    """Step (c): the callback must come from this browser's own login."""
+
+    def start_login(self):
+        """Begin a login and get Netatmo's answer, without going back to the app yet."""
+        browser = Browser()
+        authorize = browser.get(self.url + "/login").location
+        back = browser.get(authorize, headers={"X-Fake-Approve": "alice"}).location
+        return browser, back
+
+    def assertRefusedWithoutTokenRequest(self, response):
+        self.assertEqual(response.status, 400)
+        self.assertIn('href="/login"', response.text)
+        self.assertEqual(self.fake.token_requests(), [])
+
+    def test_forged_state_never_reaches_token_endpoint(self):
+        browser, back = self.start_login()
+        params = query_of(back)
+        forged = "%s/authenticate?code=%s&state=%s" % (self.url, params["code"], "A" * 43)
+        self.assertRefusedWithoutTokenRequest(browser.get(forged))
+
+    def test_missing_state_never_reaches_token_endpoint(self):
+        browser, back = self.start_login()
+        response = browser.get("%s/authenticate?code=%s" % (self.url, query_of(back)["code"]))
+        self.assertRefusedWithoutTokenRequest(response)
+
+    def test_missing_cookie_never_reaches_token_endpoint(self):
+        _, back = self.start_login()
+        self.assertRefusedWithoutTokenRequest(Browser().get(back))
+
+    def test_callback_in_another_browser_never_reaches_token_endpoint(self):
+        _, back = self.start_login()
+        other = Browser()
+        other.get(self.url + "/login")  # the other browser has a login of its own
+        self.assertRefusedWithoutTokenRequest(other.get(back))
+
+    def test_replayed_state_never_reaches_token_endpoint_twice(self):
+        browser, back = self.start_login()
+        self.assertEqual(browser.get(back).status, 303)
+        self.assertEqual(len(self.fake.token_requests()), 1)
+        again = browser.get(back)
+        self.assertEqual(again.status, 400)
+        self.assertEqual(len(self.fake.token_requests()), 1)
+
+    def test_expired_state_never_reaches_token_endpoint(self):
+        clock = [1000000.0]
+        self.server.sessions.clock = lambda: clock[0]
+        browser, back = self.start_login()
+        clock[0] += 10 * 60 + 1
+        self.assertRefusedWithoutTokenRequest(browser.get(back))
+
+    def test_state_still_valid_just_before_ten_minutes(self):
+        clock = [1000000.0]
+        self.server.sessions.clock = lambda: clock[0]
+        browser, back = self.start_login()
+        clock[0] += 10 * 60 - 1
+        self.assertEqual(browser.get(back).status, 303)
+
+    def test_repeated_state_parameter_is_refused(self):
+        browser, back = self.start_login()
+        params = query_of(back)
+        url = "%s/authenticate?code=%s&state=%s&state=x" % (self.url, params["code"],
+                                                            params["state"])
+        self.assertRefusedWithoutTokenRequest(browser.get(url))
+
+    def test_user_declines(self):
+        browser = Browser()
+        hops = browser.follow(self.url + "/login", approve_as="deny")
+        self.assertEqual(hops[-1].status, 403)
+        self.assertIn("You declined", hops[-1].text)
+        self.assertIn('href="/login"', hops[-1].text)
+        self.assertEqual(self.fake.token_requests(), [])
+
+    def test_redirect_uri_mismatch_is_named_with_its_cause(self):
+        self.fake.redirect_uris.clear()
+        hops = Browser().follow(self.url + "/login", approve_as="alice")
+        self.assertEqual(hops[-1].status, 400)
+        self.assertIn("redirect_uri_mismatch", hops[-1].text)
+        self.assertIn("registered", hops[-1].text)
+        self.assertEqual(self.fake.token_requests(), [])
+
+    def test_unknown_error_is_named_escaped(self):
+        browser, _ = self.start_login()
+        page = browser.get(self.url + "/authenticate?error=%3Cscript%3Ex").text
+        self.assertNotIn("<script>x", page)
+        self.assertIn("an unreadable error", page)
+        page = browser.get(self.url + "/authenticate?error=temporarily_unavailable").text
+        self.assertIn("temporarily_unavailable", page)
+
+    def test_code_already_used_gives_a_fresh_login_link(self):
+        browser, back = self.start_login()
+        self.fake.fail("/oauth2/token", "invalid_grant")
+        response = browser.get(back)
+        self.assertEqual(response.status, 400)
+        self.assertIn("already used or expired", response.text)
+        self.assertIn('href="/login"', response.text)
+
+    def test_expired_code_at_netatmo(self):
+        self.fake.code_ttl = -1
+        hops = Browser().follow(self.url + "/login", approve_as="alice")
+        self.assertEqual(hops[-1].status, 400)
+        self.assertIn("already used or expired", hops[-1].text)
+
+    def test_wrong_client_secret_says_so(self):
+        self.fake.clients[CLIENT_ID] = "another-secret"
+        hops = Browser().follow(self.url + "/login", approve_as="alice")
+        self.assertEqual(hops[-1].status, 502)
+        self.assertIn("client id or client secret is wrong", hops[-1].text)
+        self.assertIn("few minutes", hops[-1].text)
+
+    def test_netatmo_faults_at_the_token_endpoint(self):
+        cases = [("500_html", 502, "Netatmo"), ("non_json", 502, "not JSON"),
+                 ("no_token", 502, "without a token"), ("reset", 502, "Netatmo"),
+                 ("rate_limit", 429, "limit"), ("too_many_connections", 429, "limit")]
+        for kind, status, words in cases:
+            with self.subTest(kind=kind):
+                browser, back = self.start_login()
+                self.fake.fail("/oauth2/token", kind)
+                response = browser.get(back)
+                self.assertEqual(response.status, status, response.text)
+                self.assertIn(words, response.text)
+                self.assertIn("failing side is Netatmo" if status == 502 else "Try again later",
+                              response.text)
+        self.assertNoTraceback()
+
+    def test_token_endpoint_timeout_is_a_504(self):
+        self.server.config.timeout = 0.5
+        browser, back = self.start_login()
+        self.fake.fail("/oauth2/token", "hang")
+        response = browser.get(back)
+        self.assertEqual(response.status, 504)
+        self.assertIn("Netatmo did not answer", response.text)
+
+    def test_netatmo_unreachable_is_a_502(self):
+        browser, back = self.start_login()
+        self.fake.stop()
+        response = browser.get(back)
+        self.assertEqual(response.status, 502)
+        self.assertIn("Netatmo could not be reached", response.text)
