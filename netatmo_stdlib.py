@@ -147,13 +147,17 @@ class ArgumentParser(argparse.ArgumentParser):
     """An argparse parser whose errors are one line on stderr and exit status 2."""
 
     def error(self, message):
+        if message.startswith("unrecognized arguments:"):
+            # Name the unknown flags only: a value typed after one may be a secret.
+            flags = [a for a in message.split(":", 1)[1].split() if a.startswith("-")]
+            message = "unknown flag %s" % " ".join(flags or ["(a stray value)"])
         raise ConfigError(message + " (see --help)")
 
 
 def argument_parser():
     """Return the command line parser; each flag names its environment variable."""
     parser = ArgumentParser(
-        prog="netatmo_stdlib.py",
+        prog="netatmo_stdlib.py", allow_abbrev=False,
         description="Log in to Netatmo with OAuth2 and list the devices of your account.",
         epilog="Example: NETATMO_CLIENT_ID=... NETATMO_CLIENT_SECRET=... "
                "python3 netatmo_stdlib.py, then open http://127.0.0.1:8000/")

@@ -1,0 +1,166 @@
+"""The command line, run as a person runs it: messages and exit statuses."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import unittest
+import urllib.request
+
+from tests.support import ROOT
+
+PROGRAM = os.path.join(ROOT, "netatmo_stdlib.py")
+GOOD = {"NETATMO_CLIENT_ID": "an-id", "NETATMO_CLIENT_SECRET": "a-secret"}
+
+
+def clean_environment(**settings):
+    """Return os.environ without any NETATMO_*/HOST/PORT variable, plus settings."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("NETATMO_") and k not in ("HOST", "PORT")}
+    env.update(settings)
+    return env
+
+
+def run(args, **settings):
+    """Run the program to its end; return (exit status, stdout, stderr)."""
+    process = subprocess.run([sys.executable, PROGRAM] + args, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, universal_newlines=True, timeout=30,
+                             env=clean_environment(**settings), stdin=subprocess.DEVNULL)
+    return process.returncode, process.stdout, process.stderr
+
+
+class Started(object):
+    """The program serving in a child process, until stopped with Ctrl-C."""
+
+    def __init__(self, args, **settings):
+        self.process = subprocess.Popen([sys.executable, PROGRAM] + args,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        universal_newlines=True, stdin=subprocess.DEVNULL,
+                                        env=clean_environment(**settings))
+        # The two lines printed at start are the readiness signal.
+        self.open_line = self.process.stdout.readline()
+        self.redirect_line = self.process.stdout.readline()
+
+    def interrupt(self):
+        """Send Ctrl-C; return (exit status, rest of stdout, stderr)."""
+        self.process.send_signal(signal.SIGINT)
+        out, err = self.process.communicate(timeout=30)
+        return self.process.returncode, out, err
+
+
+class BadSettingsTest(unittest.TestCase):
+
+    def assertBadSetting(self, args, words, **settings):
+        status, out, err = run(args, **settings)
+        self.assertEqual(status, 2, err)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertNotIn("Traceback", err)
+        for word in words:
+            self.assertIn(word, err)
+
+    def test_missing_client_id(self):
+        self.assertBadSetting([], ["--client-id", "NETATMO_CLIENT_ID"],
+                              NETATMO_CLIENT_SECRET="s")
+
+    def test_missing_client_secret(self):
+        self.assertBadSetting([], ["--client-secret-file", "NETATMO_CLIENT_SECRET"],
+                              NETATMO_CLIENT_ID="i")
+
+    def test_unreadable_secret_file(self):
+        self.assertBadSetting(["--client-secret-file", "/nonexistent/secret"],
+                              ["--client-secret-file", "/nonexistent/secret",
+                               "No such file"], NETATMO_CLIENT_ID="i")
+
+    def test_empty_secret_file(self):
+        with tempfile.NamedTemporaryFile() as f:
+            self.assertBadSetting(["--client-secret-file", f.name], ["is empty"],
+                                  NETATMO_CLIENT_ID="i")
+
+    def test_bad_port(self):
+        for port in ("eighty", "70000", "-1"):
+            with self.subTest(port=port):
+                self.assertBadSetting(["--port", port], ["--port", "PORT"], **GOOD)
+        self.assertBadSetting([], ["PORT", "x"], PORT="x", **GOOD)
+
+    def test_malformed_urls(self):
+        for flag, value in (("--api-url", "api.netatmo.com"), ("--api-url", "ftp://x"),
+                            ("--redirect-uri", "localhost:8000/authenticate"),
+                            ("--redirect-uri", "http://h:99999/authenticate"),
+                            ("--redirect-uri", "http://127.0.0.1:8000/callback")):
+            with self.subTest(flag=flag, value=value):
+                self.assertBadSetting([flag, value], [flag], **GOOD)
+
+    def test_bad_timeout_and_scopes(self):
+        self.assertBadSetting(["--timeout", "0"], ["--timeout"], **GOOD)
+        self.assertBadSetting(["--scopes", "read_station,<x>"], ["--scopes"], **GOOD)
+
+    def test_client_secret_flag_does_not_exist_and_its_value_is_not_echoed(self):
+        status, _, err = run(["--client-secret", "s3cr3t-value"], **GOOD)
+        self.assertEqual(status, 2)
+        self.assertIn("unknown flag --client-secret", err)
+        self.assertIn("--help", err)
+        self.assertNotIn("s3cr3t-value", err)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+
+    def test_port_already_in_use(self):
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = str(taken.getsockname()[1])
+            self.assertBadSetting(["--port", port], ["--port", port], **GOOD)
+
+
+class StartTest(unittest.TestCase):
+
+    def test_prints_where_to_go_serves_and_stops_on_ctrl_c(self):
+        started = Started(["--port", "0"], **GOOD)
+        self.assertRegex(started.open_line, r"open http://127\.0\.0\.1:\d+/ in a browser")
+        url = started.open_line.split()[2]
+        self.assertIn("dev.netatmo.com", started.redirect_line)
+        self.assertIn(url + "authenticate", started.redirect_line)
+        with urllib.request.urlopen(url + "healthz", timeout=10) as response:
+            self.assertEqual(response.read(), b"ok\n")
+        status, out, err = started.interrupt()
+        self.assertEqual(status, 0, err)
+        self.assertNotIn("Traceback", err)
+        self.assertIn('"GET /healthz" 200', err)
+
+    def test_old_app_id_variable_and_secret_file(self):
+        with tempfile.NamedTemporaryFile("w") as f:
+            f.write("from-a-file\n")
+            f.flush()
+            started = Started(["--port", "0", "--client-secret-file", f.name],
+                              NETATMO_APP_ID="old-name")
+            status, _, err = started.interrupt()
+        self.assertIn("open http://", started.open_line)
+        self.assertEqual(status, 0, err)
+
+    def test_wildcard_host_gives_a_localhost_redirect_uri(self):
+        started = Started(["--host", "0.0.0.0", "--port", "0"], **GOOD)
+        started.interrupt()
+        self.assertRegex(started.redirect_line, r"http://localhost:\d+/authenticate$")
+        self.assertRegex(started.open_line, r"http://localhost:\d+/")
+
+    def test_settings_from_the_environment(self):
+        started = Started([], PORT="0", NETATMO_REDIRECT_URI="http://box.lan:8000/authenticate",
+                          **GOOD)
+        started.interrupt()
+        self.assertIn("is http://box.lan:8000/authenticate", started.redirect_line)
+
+    def test_flag_wins_over_environment(self):
+        started = Started(["--redirect-uri", "http://flag.lan/authenticate", "--port", "0"],
+                          NETATMO_REDIRECT_URI="http://env.lan/authenticate", **GOOD)
+        started.interrupt()
+        self.assertIn("is http://flag.lan/authenticate", started.redirect_line)
+
+    def test_help_and_version(self):
+        status, out, _ = run(["--help"])
+        self.assertEqual(status, 0)
+        for flag in ("--client-id", "--client-secret-file", "--host", "--port",
+                     "--redirect-uri", "--scopes", "--api-url", "--timeout"):
+            self.assertIn(flag, out)
+        status, out, _ = run(["--version"])
+        self.assertEqual(status, 0)
+        self.assertIn("1.0", out)

@@ -1,0 +1,196 @@
+"""What every answer carries, and what never leaves the server: headers, logs, limits."""
+
+import base64
+import hashlib
+import os
+import re
+import socket
+
+import netatmo_stdlib
+from tests.support import AppTestCase, Browser
+
+
+def raw_exchange(port, data, read_all=True):
+    """Send raw bytes to 127.0.0.1:port and return what comes back before close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if not read_all:
+                break
+    return b"".join(chunks)
+
+
+class HeadersTest(AppTestCase):
+
+    def html_pages(self):
+        """Return a response of every kind of HTML page the app serves."""
+        browser, hops = self.login("alice")
+        return {
+            "home": browser.get(self.url + "/"),
+            "devices": hops[-1],
+            "not found": browser.get(self.url + "/nowhere"),
+            "wrong method": browser.request("PUT", self.url + "/devices"),
+            "bad state": Browser().get(self.url + "/authenticate?code=x&state=y"),
+            "declined": Browser().get(self.url + "/authenticate?error=access_denied"),
+        }
+
+    def test_every_html_page_carries_the_security_headers(self):
+        for name, response in self.html_pages().items():
+            with self.subTest(page=name):
+                h = response.headers
+                self.assertEqual(h["Content-Type"], "text/html; charset=utf-8")
+                self.assertEqual(h["Cache-Control"], "no-store")
+                self.assertEqual(h["Referrer-Policy"], "no-referrer")
+                self.assertEqual(h["X-Content-Type-Options"], "nosniff")
+                csp = h["Content-Security-Policy"]
+                self.assertIn("default-src 'none'", csp)
+                self.assertIn("frame-ancestors 'none'", csp)
+                self.assertEqual(int(h["Content-Length"]), len(response.body))
+                self.assertIn('<meta name="viewport"', response.text)
+
+    def test_pages_load_nothing_external_and_the_policy_allows_their_own_style(self):
+        for name, response in self.html_pages().items():
+            with self.subTest(page=name):
+                text = response.text
+                self.assertNotRegex(text, r"<script|<link|<img|<iframe|@import|url\(")
+                self.assertNotRegex(text, r"(src|href)=\"(https?:)?//")
+                [style] = re.findall(r"<style>(.*?)</style>", text, re.S)
+                digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+                self.assertIn("style-src 'sha256-%s'" % digest,
+                              response.headers["Content-Security-Policy"])
+
+    def test_not_found_and_wrong_method(self):
+        response = Browser().get(self.url + "/nowhere")
+        self.assertEqual(response.status, 404)
+        self.assertIn("Page not found", response.text)
+        response = Browser().request("DELETE", self.url + "/logout")
+        self.assertEqual(response.status, 405)
+        self.assertEqual(response.headers["Allow"], "POST")
+        response = Browser().post(self.url + "/devices")
+        self.assertEqual(response.status, 405)
+        self.assertEqual(response.headers["Allow"], "GET, HEAD")
+
+    def test_head_answers_like_get_without_a_body(self):
+        response = Browser().request("HEAD", self.url + "/")
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.body, b"")
+        self.assertGreater(int(response.headers["Content-Length"]), 100)
+
+    def test_healthz(self):
+        response = Browser().get(self.url + "/healthz")
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.body, b"ok\n")
+        self.assertEqual(response.headers["Content-Type"], "text/plain; charset=utf-8")
+
+    def test_post_from_another_origin_is_refused(self):
+        browser, _ = self.login("alice")
+        response = browser.post(self.url + "/logout", headers={"Origin": "http://evil.example"})
+        self.assertEqual(response.status, 403)
+        response = browser.post(self.url + "/refresh", headers={"Origin": "null"})
+        self.assertEqual(response.status, 403)
+        self.assertEqual(self.fake.token_requests("refresh_token"), [])
+        self.assertEqual(browser.get(self.url + "/devices.json").status, 200)  # still in
+        response = browser.post(self.url + "/logout", headers={"Origin": self.url})
+        self.assertEqual(response.status, 303)
+        self.assertEqual(browser.get(self.url + "/devices.json").status, 401)
+
+    def test_server_header_does_not_name_the_python_version(self):
+        response = Browser().get(self.url + "/healthz")
+        self.assertEqual(response.headers["Server"], "netatmo_stdlib/" + netatmo_stdlib.__version__)
+
+
+class ConnectionTest(AppTestCase):
+
+    def port(self):
+        return self.server.server_address[1]
+
+    def test_keep_alive_survives_an_error_answer(self):
+        data = (b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"POST /logout HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = raw_exchange(self.port(), data)
+        statuses = re.findall(rb"^HTTP/1.1 (\d+)", answer, re.M)
+        self.assertEqual(statuses, [b"404", b"303", b"200"])
+        self.assertTrue(answer.endswith(b"ok\n"))
+
+    def test_large_body_is_refused_without_being_read(self):
+        data = b"POST /logout HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n"
+        answer = raw_exchange(self.port(), data)  # the server closes without waiting
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413"))
+        self.assertIn(b"Connection: close", answer)
+
+    def test_bad_content_length(self):
+        for value in (b"-1", b"abc", b"1e3"):
+            with self.subTest(value=value):
+                data = b"POST /logout HTTP/1.1\r\nHost: x\r\nContent-Length: " + value + \
+                    b"\r\n\r\n"
+                self.assertTrue(raw_exchange(self.port(), data).startswith(b"HTTP/1.1 400"))
+
+
+class LogTest(AppTestCase):
+
+    def test_log_of_a_whole_flow_holds_no_token_code_state_or_secret(self):
+        browser, _ = self.login("bob")
+        browser.post(self.url + "/refresh")
+        browser.get(self.url + "/devices.json")
+        Browser().get(self.url + "/authenticate?code=0123456789abcdef&state=guessed-state")
+        raw_exchange(self.server.server_address[1],
+                     b"GET /authenticate?code=fedcba9876543210 junk HTTP/1.1\r\n\r\n")
+        browser.post(self.url + "/logout")
+        log = self.log.text()
+        self.assertIn('"GET /authenticate" 303', log)
+        self.assertIn('"GET /devices" 200', log)
+        secrets = self.fake.every_secret() | {"0123456789abcdef", "guessed-state",
+                                              "fedcba9876543210", browser.set_cookies[0]}
+        for secret in secrets:
+            for part in secret.split("|"):
+                self.assertNotIn(part, log)
+        self.assertNotIn("code=", log)
+        self.assertNoTraceback()
+
+
+class ProxyTest(AppTestCase):
+    """Corporate hosts reach Netatmo through https_proxy / http_proxy."""
+
+    def setUp(self):
+        AppTestCase.setUp(self)
+        saved = {k: os.environ.get(k) for k in ("http_proxy", "no_proxy", "NO_PROXY")}
+
+        def restore():
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        self.addCleanup(restore)
+
+    def test_calls_to_netatmo_go_through_the_proxy(self):
+        # The fake also serves as the proxy: a request for http://netatmo.invalid/...
+        # can only reach it through the proxy, since that name resolves nowhere.
+        os.environ["http_proxy"] = self.fake.url
+        os.environ["no_proxy"] = os.environ["NO_PROXY"] = "127.0.0.1"
+        server = self.start_app(api_url="http://netatmo.invalid")
+        url = "http://127.0.0.1:%d" % server.server_address[1]
+        browser = Browser()
+        authorize = browser.get(url + "/login").location
+        self.assertTrue(authorize.startswith("http://netatmo.invalid/oauth2/authorize?"))
+        back = browser.get(authorize.replace("http://netatmo.invalid", self.fake.url),
+                           headers={"X-Fake-Approve": "alice"}).location
+        hops = browser.follow(back)
+        self.assertEqual(hops[-1].status, 200)
+        [token] = self.fake.token_requests()
+        self.assertTrue(token.via_proxy)
+        self.assertTrue(all(r.via_proxy for r in self.fake.requests_to("/api/homesdata")))
+
+    def test_no_proxy_is_honoured(self):
+        os.environ["http_proxy"] = "http://127.0.0.1:9"  # nothing listens there
+        os.environ["no_proxy"] = os.environ["NO_PROXY"] = "127.0.0.1"
+        server = self.start_app()
+        url = "http://127.0.0.1:%d" % server.server_address[1]
+        hops = Browser().follow(url + "/login", approve_as="alice")
+        self.assertEqual(hops[-1].status, 200)
