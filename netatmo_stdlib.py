@@ -662,11 +662,12 @@ margin:1rem auto;padding:0 1rem;line-height:1.5;color:#222}
 table{border-collapse:collapse;width:100%;font-size:.95rem}
 th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #ddd;vertical-align:top}
 td.id{font-family:monospace;word-break:break-all}
+.scroll{overflow-x:auto}
 .button,button{display:inline-block;padding:.4rem .9rem;border:1px solid #06c;
 border-radius:.3rem;background:#06c;color:#fff;text-decoration:none;font-size:1rem;cursor:pointer}
 form{display:inline-block;margin:.5rem .5rem .5rem 0}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.4rem .8rem}
-@media (max-width:40rem){td.id,th.id{display:none}}
+@media (max-width:40rem){.wide{display:none}}
 """
 
 # The page's only style is the block above; the policy names its hash, so the
@@ -721,15 +722,17 @@ def devices_page(devices, not_granted):
                     'Netatmo, or add the scope to --scopes.</p>\n' % escape(line)
                     for line in not_granted)
     rows = "".join(
-        "<tr><td>%s</td><td>%s</td><td>%s</td><td class=\"id\">%s</td><td>%s</td>"
+        "<tr><td>%s</td><td>%s</td><td class=\"wide\">%s</td><td class=\"id wide\">%s</td>"
+        "<td>%s</td>"
         "<td>%s</td></tr>\n" % (
             escape(d["name"] or "(unnamed)"), escape(d["product"]), escape(d["type"]), escape(d["id"]),
             escape(d["home"] or ""), {True: "yes", False: "no", None: ""}[d["reachable"]])
         for d in devices)
     count = "%d device%s" % (len(devices), "" if len(devices) == 1 else "s")
-    table = ("<table><thead><tr><th>Name</th><th>Product</th><th>Type</th>"
-             "<th class=\"id\">Id</th><th>Home</th><th>Reachable</th></tr></thead>\n"
-             "<tbody>\n%s</tbody></table>" % rows) if devices else \
+    table = ("<div class=\"scroll\"><table><thead><tr><th>Name</th><th>Product</th>"
+             "<th class=\"wide\">Type</th><th class=\"wide\">Id</th><th>Home</th>"
+             "<th>Reachable</th></tr></thead>\n<tbody>\n%s</tbody></table></div>"
+             % rows) if devices else \
         "<p>Netatmo lists no devices for this account.</p>"
     return page("Your Netatmo devices", "%s<p>%s.</p>\n%s\n<p>%s %s <a href=\"/\">Home</a></p>"
                 % (notes, count, table, button("/refresh", "Renew the token now"),

@@ -502,9 +502,12 @@ def main():
     parser.add_argument("--client-id", default="demo-client")
     parser.add_argument("--client-secret", default="demo-secret")
     parser.add_argument("--redirect-uri", default="http://127.0.0.1:8000/authenticate")
+    parser.add_argument("--auto-approve", metavar="USER",
+                        help="approve every login as USER, without the consent page")
     args = parser.parse_args()
     fake = FakeNetatmo(args.client_id, args.client_secret)
     fake.register_redirect_uri(args.redirect_uri)
+    fake.auto_approve = args.auto_approve
     fake.server = FakeServer(("127.0.0.1", args.port), FakeHandler)
     fake.server.fake = fake
     print("fake Netatmo: serving on %s (users: %s)" % (fake.url, ", ".join(sorted(fake.users))),
