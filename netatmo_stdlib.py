@@ -308,7 +308,9 @@ class NetatmoClient(object):
         self.config = config
         # build_opener() includes urllib's ProxyHandler, which honours https_proxy,
         # http_proxy and no_proxy, and an HTTPS handler that verifies certificates.
-        self.opener = urllib.request.build_opener()
+        # Redirects are not followed: urllib would carry the Authorization header,
+        # and so the access token, to wherever the redirect points.
+        self.opener = urllib.request.build_opener(NoRedirects())
 
     def authorize_url(self, state, code_challenge):
         """Return the URL of Netatmo's consent page for this login (step b)."""
@@ -416,6 +418,14 @@ class NetatmoClient(object):
         if status == 200:
             return answer
         raise error_from_answer(status, answer)
+
+
+class NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Turn a redirect from Netatmo into an error instead of following it."""
+
+    def redirect_request(self, *args):
+        """Return None: urllib then raises the 3xx as an HTTPError."""
+        return None
 
 
 def error_from_answer(status, answer):
@@ -806,6 +816,7 @@ class Handler(BaseHTTPRequestHandler):
     """Routes each request to a method, and turns every error into a page."""
 
     protocol_version = "HTTP/1.1"   # keep-alive: every answer says its Content-Length
+    default_request_version = "HTTP/1.0"  # even an unreadable request gets a status line
     server_version = "netatmo_stdlib/" + __version__
     max_body = 64 * 1024
     timeout = 30                    # seconds a silent client may hold a connection
@@ -1088,6 +1099,15 @@ class Handler(BaseHTTPRequestHandler):
             parts += ["Max-Age=0", "Expires=Thu, 01 Jan 1970 00:00:00 GMT"]
         return "; ".join(parts)
 
+    def send_error(self, code, message=None, explain=None):
+        """Answer a request http.server could not parse with our own kind of page."""
+        self.log_error("code %d, message %s", code, message)
+        self.close_connection = True  # what follows the bad bytes cannot be trusted
+        reason = self.responses.get(code, ("Error",))[0]
+        # The message may quote the raw request: it goes to the log, not the page.
+        self.send_html(code, error_page(PageError(
+            code, reason, "This program could not read the request (%s)." % reason)))
+
     def version_string(self):
         """Return the Server header: our name, not the Python version."""
         return self.server_version
@@ -1150,6 +1170,24 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
         self.config = config
         self.netatmo = NetatmoClient(config)
         self.sessions = SessionStore()
+
+    def shutdown_request(self, request):
+        """Close a connection gracefully, so a reset cannot destroy our last answer.
+
+        Closing a socket that still holds unread bytes (the rest of a huge request we
+        refused) sends a TCP reset, and the client may lose the answer we just sent.
+        So: stop writing, discard what the client still sends for up to a second,
+        then close.
+        """
+        try:
+            request.shutdown(socket.SHUT_WR)
+            deadline = time.time() + 1
+            request.settimeout(1)
+            while time.time() < deadline and request.recv(65536):
+                pass
+        except OSError:
+            pass
+        self.close_request(request)
 
     def server_bind(self):
         """Bind without HTTPServer's reverse DNS lookup, which can hang offline."""

@@ -29,6 +29,7 @@ import os
 import secrets
 import socket
 import socketserver
+import ssl
 import struct
 import sys
 import threading
@@ -37,7 +38,11 @@ import urllib.parse
 from collections import namedtuple
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURES = os.path.join(HERE, "fixtures")
+# A throwaway self-signed certificate for 127.0.0.1 and localhost, valid until 2126.
+TLS_CERT = os.path.join(HERE, "tls", "cert.pem")
+TLS_KEY = os.path.join(HERE, "tls", "key.pem")
 
 KNOWN_SCOPES = set("""read_station read_thermostat write_thermostat read_camera write_camera
 access_camera read_presence write_presence access_presence read_doorbell access_doorbell
@@ -129,6 +134,7 @@ class FakeNetatmo(object):
         self.rate_limits = ((50, 10), (500, 3600))  # (calls, seconds) per user
         self.withheld_scopes = set()   # scopes the person unticks at the consent page
         self.scope_format = "list"     # how /oauth2/token writes scope: list, string, none
+        self.lifetime_fields = ("expires_in", "expire_in")  # Netatmo sends both
         self.faults = []               # [path, kind, remaining count]
         # state
         self.codes = {}
@@ -141,13 +147,19 @@ class FakeNetatmo(object):
         self.requests = []
         self.refresh_reuse = 0
         self.server = None
+        self.scheme = "http"
 
     # -- life --
 
-    def start(self):
+    def start(self, tls=False):
         """Serve on a free port of 127.0.0.1 in a thread; return the base URL."""
         self.server = FakeServer(("127.0.0.1", 0), FakeHandler)
         self.server.fake = self
+        self.scheme = "https" if tls else "http"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(TLS_CERT, TLS_KEY)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
                                        daemon=True)
         self.thread.start()
@@ -156,7 +168,7 @@ class FakeNetatmo(object):
     @property
     def url(self):
         """Return the base URL, as netatmo_stdlib's --api-url."""
-        return "http://127.0.0.1:%d" % self.server.server_address[1]
+        return "%s://127.0.0.1:%d" % (self.scheme, self.server.server_address[1])
 
     def stop(self):
         """Release hanging requests, stop serving and close the socket (once)."""
@@ -177,8 +189,9 @@ class FakeNetatmo(object):
         """Make the next `times` requests to path fail with this kind of fault.
 
         Kinds: "500_html", "non_json", "reset", "hang", "slow", "no_body", "no_token",
-        "rate_limit" (429 code 26), "too_many_connections", "invalid_grant",
-        "invalid_client", "scope" (403 code 13).
+        "rate_limit" (429 code 26), "rate_limit_403" (the older 403 code 26),
+        "too_many_connections", "invalid_grant", "invalid_client", "scope" (403 code 13),
+        "redirect" (302 to /elsewhere).
         """
         with self.lock:
             self.faults.append([path, kind, times])
@@ -299,8 +312,8 @@ class FakeNetatmo(object):
                                                  time.time() + self.expires_in)
         self.refresh_tokens[refresh_token] = Grant(user, client_id, list(scope), None)
         self.access_of_refresh[refresh_token] = access_token
-        answer = {"access_token": access_token, "refresh_token": refresh_token,
-                  "expires_in": self.expires_in, "expire_in": self.expires_in}
+        answer = {"access_token": access_token, "refresh_token": refresh_token}
+        answer.update((field, self.expires_in) for field in self.lifetime_fields)
         if self.scope_format == "list":
             answer["scope"] = list(scope)
         elif self.scope_format == "string":
@@ -442,6 +455,9 @@ class FakeHandler(BaseHTTPRequestHandler):
                                        struct.pack("ii", 1, 0))
             self.close_connection = True
             return True
+        if kind == "redirect":
+            self.answer(302, b"", "text/plain", {"Location": fake.url + "/elsewhere"})
+            return True
         answers = {
             "500_html": (500, b"<html><body><h1>500 Internal Server Error</h1></body></html>",
                          "text/html"),
@@ -452,6 +468,8 @@ class FakeHandler(BaseHTTPRequestHandler):
                          "application/json"),
             "rate_limit": (429, json.dumps(api_error(26, "User usage reached")).encode(),
                            "application/json"),
+            "rate_limit_403": (403, json.dumps(api_error(26, "User usage reached")).encode(),
+                               "application/json"),
             "too_many_connections": (400, b'{"error": "too_many_connections"}',
                                      "application/json"),
             "invalid_grant": (400, b'{"error": "invalid_grant"}', "application/json"),

@@ -3,6 +3,7 @@
 import http.client
 import logging
 import os
+import ssl
 import sys
 import threading
 import unittest
@@ -13,7 +14,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 import netatmo_stdlib  # noqa: E402
-from tests.fake_netatmo import FakeNetatmo  # noqa: E402
+from tests.fake_netatmo import FakeNetatmo, TLS_CERT  # noqa: E402
 
 # A proxy set in the environment must not capture loopback traffic.
 os.environ["no_proxy"] = os.environ["NO_PROXY"] = "127.0.0.1,localhost"
@@ -72,7 +73,12 @@ class Browser(object):
     def request(self, method, url, headers=None, body=None):
         """Send one request with this browser's cookies; return the Response."""
         parts = urllib.parse.urlsplit(url)
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        if parts.scheme == "https":  # the test certificate is the only one trusted
+            connection = http.client.HTTPSConnection(
+                parts.hostname, parts.port, timeout=30,
+                context=ssl.create_default_context(cafile=TLS_CERT))
+        else:
+            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
         target = parts.path + ("?" + parts.query if parts.query else "")
         headers = dict(headers or {})
         jar = self.cookies.setdefault(parts.hostname, {})

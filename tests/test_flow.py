@@ -2,6 +2,8 @@
 
 import base64
 import hashlib
+import html
+import re
 import threading
 import urllib.parse
 
@@ -91,6 +93,23 @@ class LoginFlowTest(AppTestCase):
         self.assertEqual(response.location, self.url + "/login")
         self.assertIsNone(response.headers.get("Set-Cookie"))
         self.assertEqual(self.fake.requests_to("/oauth2/authorize"), [])
+
+    def test_consent_page_form_as_a_person_uses_it(self):
+        browser = Browser()
+        authorize = browser.get(self.url + "/login").location
+        consent = browser.get(authorize)
+        self.assertEqual(consent.status, 200)
+        self.assertIn("Yes, I accept", consent.text)
+        fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">',
+                                 consent.text))
+        fields = {k: html.unescape(v) for k, v in fields.items()}
+        fields.update(user="carol", decision="approve")
+        back = browser.post(self.fake.url + "/oauth2/authorize", body=urllib.parse.urlencode(
+            fields).encode(), headers={"Content-Type": "application/x-www-form-urlencoded"})
+        self.assertEqual(back.status, 302)
+        hops = browser.follow(back.location)
+        self.assertEqual(hops[-1].status, 200)
+        self.assertIn("MyRemoteStation", hops[-1].text)
 
     def test_two_users_at_once_see_only_their_own_devices(self):
         results = {}
@@ -281,3 +300,29 @@ class CallbackTest(AppTestCase):
         response = browser.get(back)
         self.assertEqual(response.status, 502)
         self.assertIn("Netatmo could not be reached", response.text)
+
+
+class SessionStoreTest(AppTestCase):
+    """Pending logins are capped; sessions end after 24 hours idle."""
+
+    def test_pending_logins_are_capped_oldest_evicted_first(self):
+        self.server.sessions.max_pending = 50
+        first, first_back = CallbackTest.start_login(self)
+        for _ in range(49):
+            Browser().get(self.url + "/login")
+        second, second_back = CallbackTest.start_login(self)  # evicts the first
+        self.assertEqual(len(self.server.sessions.pending), 50)
+        self.assertEqual(first.get(first_back).status, 400)
+        self.assertEqual(second.get(second_back).status, 303)
+
+    def test_session_idle_for_24_hours_is_forgotten(self):
+        clock = [1000000.0]
+        self.server.sessions.clock = lambda: clock[0]
+        browser, _ = self.login("alice")
+        clock[0] += 23 * 3600
+        self.assertEqual(browser.get(self.url + "/devices.json").status, 200)
+        clock[0] += 23 * 3600  # used an hour ago: still in
+        self.assertEqual(browser.get(self.url + "/devices.json").status, 200)
+        clock[0] += 24 * 3600 + 1
+        self.assertEqual(browser.get(self.url + "/devices.json").status, 401)
+        self.assertEqual(self.server.sessions.sessions, {})

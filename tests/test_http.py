@@ -7,7 +7,8 @@ import re
 import socket
 
 import netatmo_stdlib
-from tests.support import AppTestCase, Browser
+from tests.fake_netatmo import FakeNetatmo, TLS_CERT
+from tests.support import AppTestCase, Browser, CLIENT_ID, CLIENT_SECRET
 
 
 def raw_exchange(port, data, read_all=True):
@@ -194,3 +195,61 @@ class ProxyTest(AppTestCase):
         url = "http://127.0.0.1:%d" % server.server_address[1]
         hops = Browser().follow(url + "/login", approve_as="alice")
         self.assertEqual(hops[-1].status, 200)
+
+
+class UnparseableRequestTest(AppTestCase):
+
+    def test_http_servers_own_errors_are_our_pages_too(self):
+        port = self.server.server_address[1]
+        cases = [(b"GARBAGE\r\n\r\n", b"400"),
+                 (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", b"414"),
+                 (b"BREW /?<script>x HTTP/1.1\r\nHost: x\r\n\r\n", b"501")]
+        for data, status in cases:
+            with self.subTest(status=status):
+                answer = raw_exchange(port, data)
+                head, _, body = answer.partition(b"\r\n\r\n")
+                self.assertTrue(head.startswith(b"HTTP/1.1 " + status), head)
+                self.assertIn(b"Content-Security-Policy: default-src 'none'", head)
+                self.assertIn(b"Connection: close", head)
+                self.assertNotIn(b"<script>", body)
+                self.assertNotIn(b"aaaa", body)
+        self.assertNoTraceback()
+
+
+class NetatmoConnectionTest(AppTestCase):
+    """How we reach Netatmo: verified TLS, and no redirects that carry the token."""
+
+    def start_tls_app(self):
+        tls_fake = FakeNetatmo(CLIENT_ID, CLIENT_SECRET)
+        tls_fake.start(tls=True)
+        self.addCleanup(tls_fake.stop)
+        server = self.start_app(api_url=tls_fake.url)
+        tls_fake.register_redirect_uri(server.config.redirect_uri)
+        return tls_fake, "http://127.0.0.1:%d" % server.server_address[1]
+
+    def test_certificate_is_verified(self):
+        tls_fake, url = self.start_tls_app()
+        browser = Browser()
+        authorize = browser.get(url + "/login").location
+        back = browser.get(authorize, headers={"X-Fake-Approve": "alice"}).location
+        response = browser.get(back)
+        self.assertEqual(response.status, 502)
+        self.assertIn("CERTIFICATE_VERIFY_FAILED", response.text)
+
+    def test_trusted_certificate_works(self):
+        saved = os.environ.get("SSL_CERT_FILE")
+        self.addCleanup(lambda: os.environ.pop("SSL_CERT_FILE") if saved is None
+                        else os.environ.__setitem__("SSL_CERT_FILE", saved))
+        os.environ["SSL_CERT_FILE"] = TLS_CERT
+        tls_fake, url = self.start_tls_app()
+        browser = Browser()
+        authorize = browser.get(url + "/login").location
+        back = browser.get(authorize, headers={"X-Fake-Approve": "alice"}).location
+        self.assertEqual(browser.follow(back)[-1].status, 200)
+
+    def test_a_redirect_from_netatmo_is_not_followed_with_the_token(self):
+        browser, _ = self.login("alice")
+        self.fake.fail("/api/getstationsdata", "redirect")
+        response = browser.get(self.url + "/devices")
+        self.assertEqual(response.status, 502)
+        self.assertEqual(self.fake.requests_to("/elsewhere"), [])

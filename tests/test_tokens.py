@@ -131,3 +131,27 @@ class RefreshTest(AppTestCase):
         self.fake.fail("/oauth2/token", "hang")
         self.assertEqual(browser.post(self.url + "/refresh").status, 504)
         self.assertEqual(browser.get(self.url + "/devices.json").status, 200)
+
+
+class LifetimeTest(AppTestCase):
+
+    def test_expire_in_is_read_when_expires_in_is_missing(self):
+        self.fake.lifetime_fields = ("expire_in",)
+        self.fake.expires_in = 30  # under the 60 s margin: refreshed before the next call
+        browser, _ = self.login("alice")
+        self.assertEqual(len(self.fake.token_requests("refresh_token")), 1)
+
+    def test_no_lifetime_at_all_shows_unknown_and_relies_on_code_3(self):
+        self.fake.lifetime_fields = ()
+        browser, _ = self.login("alice")
+        self.assertIn("valid until: unknown", browser.get(self.url + "/").text)
+        self.fake.expire_access_tokens()
+        self.assertEqual(browser.get(self.url + "/devices.json").status, 200)
+        self.assertEqual(len(self.fake.token_requests("refresh_token")), 1)
+
+    def test_older_403_code_26_is_a_rate_limit_too(self):
+        browser, _ = self.login("alice")
+        self.fake.fail("/api/homesdata", "rate_limit_403")
+        response = browser.get(self.url + "/devices")
+        self.assertEqual(response.status, 429)
+        self.assertIn("limit was reached", response.text)
