@@ -477,7 +477,7 @@ def devices_of_stations(body, home_names):
     """Return the devices of a getstationsdata or gethomecoachsdata body, modules too."""
     rows = []
     for station in listed(body.get("devices")):
-        home = station.get("home_name") or home_names.get(station.get("home_id"))
+        home = station.get("home_name") or home_names.get(str(station.get("home_id")))
         if station.get("_id"):
             rows.append(device(station["_id"],
                                station.get("station_name") or station.get("module_name"),
@@ -506,7 +506,7 @@ def merge_devices(rows):
 def devices_of(bodies):
     """Return the merged device list of the bodies of the three device endpoints."""
     homes = bodies.get("homesdata") or {}
-    home_names = {h.get("id"): h.get("name") for h in listed(homes.get("homes"))}
+    home_names = {str(h.get("id")): h.get("name") for h in listed(homes.get("homes"))}
     rows = devices_of_homes(homes)
     for name in ("getstationsdata", "gethomecoachsdata"):
         rows += devices_of_stations(bodies.get(name) or {}, home_names)
@@ -833,8 +833,8 @@ class Handler(BaseHTTPRequestHandler):
         "/healthz": {"GET": "healthz"},
     }
 
-    def do_GET(self):
-        """Answer any method through the route table."""
+    def dispatch(self):
+        """Answer a request of any method through the route table."""
         path = self.path.split("?", 1)[0]
         self.query = self.path[len(path) + 1:]
         methods = self.routes.get(path)
@@ -854,8 +854,15 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error_page(page_error_for(error))
         except PageError as error:
             self.send_error_page(error)
+        except OSError:  # the browser hung up while we answered
+            self.close_connection = True
+        except Exception:  # a bug of ours: say so, and leave its traceback in the log
+            log.exception("internal error on %s %s", self.command, path)
+            self.close_connection = True
+            self.send_error_page(PageError(500, "Internal error", "Something went wrong "
+                                           "in this program; its log says what."))
 
-    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = dispatch
 
     # -- the steps of the flow --
 

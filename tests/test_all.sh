@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 declare -A seen
 ran=()
 failed=()
+passed_total=0
+failed_total=0
 candidates=()
 root=$(pyenv root 2>/dev/null || true)
 for minor in 6 7 8 9 10 11 12 13; do
@@ -19,8 +21,18 @@ for python in "${candidates[@]}"; do
   [ -z "${seen[$version]:-}" ] || continue
   seen[$version]=1
   echo "== Python $version ($python)"
-  if "$python" tests/run.py; then ran+=("$version"); else failed+=("$version"); fi
+  out=$(mktemp)
+  if "$python" tests/run.py 2>&1 | tee "$out"; [ "${PIPESTATUS[0]}" -eq 0 ]; then
+    ran+=("$version")
+  else
+    failed+=("$version")
+  fi
+  read -r p _ f _ < <(grep -E '^[0-9]+ passed, [0-9]+ failed' "$out" | tail -1 || echo "0 - 1 -")
+  passed_total=$((passed_total + ${p:-0})); failed_total=$((failed_total + ${f:-1}))
+  rm -f "$out"
 done
 echo "test-all: passed on: ${ran[*]:-none}"
-[ ${#failed[@]} -eq 0 ] || { echo "test-all: FAILED on: ${failed[*]}"; exit 1; }
+[ ${#failed[@]} -eq 0 ] || { echo "test-all: FAILED on: ${failed[*]}"
+  echo "test-all: $passed_total passed, $failed_total failed"; exit 1; }
 [ ${#ran[@]} -ge 1 ] || { echo "test-all: no CPython 3.6-3.13 found"; exit 1; }
+echo "test-all: $passed_total passed, $failed_total failed"

@@ -208,3 +208,13 @@ class DevicesOfTest(unittest.TestCase):
         rows = netatmo_stdlib.devices_of({"homesdata": users["dave"]["/api/homesdata"]})
         self.assertEqual(len(rows), 139)
         self.assertEqual(sum(1 for r in rows if r["name"] is None), 23)
+
+    def test_odd_values_where_strings_belong(self):
+        bodies = {"homesdata": {"homes": [{"id": ["x"], "name": {"a": 1}, "modules": [
+            {"id": 12345, "type": 7, "name": ["n"], "reachable": "yes"}]}]},
+                  "getstationsdata": {"devices": [{"_id": "s", "home_id": {"y": 1},
+                                                   "modules": "none"}]}}
+        rows = netatmo_stdlib.devices_of(bodies)
+        self.assertEqual([r["id"] for r in rows], ["12345", "s"])
+        self.assertIsNone(rows[0]["reachable"])
+        self.assertEqual(rows[0]["product"], "7")
