@@ -96,7 +96,7 @@ class Config(object):
 
     def __init__(self, client_id, client_secret, host="127.0.0.1", port=8000,
                  redirect_uri=None, scopes=DEFAULT_SCOPES, api_url=DEFAULT_API_URL,
-                 timeout=10.0):
+                 timeout=10.0, cache_seconds=30.0):
         self.client_id = client_id
         self.client_secret = client_secret
         self.host = host
@@ -104,6 +104,7 @@ class Config(object):
         self.scopes = scopes
         self.api_url = api_url.rstrip("/")
         self.timeout = timeout
+        self.cache_seconds = cache_seconds
         self.redirect_uri = redirect_uri or self.default_redirect_uri()
 
     def default_redirect_uri(self):
@@ -176,6 +177,8 @@ def argument_parser():
         % DEFAULT_API_URL)
     add("--timeout", help="seconds to wait for each call to Netatmo (env "
         "NETATMO_TIMEOUT, default 10)")
+    add("--cache-seconds", help="seconds a fetched device list is shown again without "
+        "asking Netatmo; 0 turns the cache off (env NETATMO_CACHE_SECONDS, default 30)")
     add("--version", action="version", version="%(prog)s " + __version__)
     return parser
 
@@ -217,6 +220,16 @@ def read_config(argv, environ):
         raise ConfigError("bad timeout %r: pass --timeout or set NETATMO_TIMEOUT to a "
                           "number of seconds between 0 and 600" % timeout_text)
 
+    cache_text = setting(args.cache_seconds, "NETATMO_CACHE_SECONDS", default="30")
+    try:
+        cache_seconds = float(cache_text)
+        if not 0 <= cache_seconds <= 86400:
+            raise ValueError
+    except ValueError:
+        raise ConfigError("bad cache time %r: pass --cache-seconds or set "
+                          "NETATMO_CACHE_SECONDS to a number of seconds from 0 (off) to "
+                          "86400" % cache_text)
+
     scopes = " ".join(setting(args.scopes, "NETATMO_SCOPES", default=DEFAULT_SCOPES).split())
     if not scopes or not all(s.replace("_", "").isalpha() and s.islower()
                              for s in scopes.split()):
@@ -234,7 +247,7 @@ def read_config(argv, environ):
                               "this program answers on; fix --redirect-uri or "
                               "NETATMO_REDIRECT_URI" % redirect_uri)
     return Config(client_id.strip(), client_secret, host, port, redirect_uri, scopes,
-                  api_url, timeout)
+                  api_url, timeout, cache_seconds)
 
 
 def read_client_secret(path, environ):
@@ -535,9 +548,12 @@ class LoginExpired(Exception):
     """Netatmo no longer honours this session's refresh token: log in again."""
 
 
+DeviceList = namedtuple("DeviceList", "devices not_granted fetched_at")
+
+
 class Session(object):
-    """A logged-in browser: its tokens, and the lock that serialises refreshes."""
-    __slots__ = ("tokens", "last_seen", "lock")
+    """A logged-in browser: its tokens, its cached device list, and their locks."""
+    __slots__ = ("tokens", "last_seen", "lock", "device_list", "fetch_lock")
 
     # Refresh this many seconds before the access token runs out.
     refresh_margin = 60
@@ -545,7 +561,24 @@ class Session(object):
     def __init__(self, tokens, now):
         self.tokens = tokens
         self.last_seen = now
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()        # one refresh at a time
+        self.device_list = None             # the last DeviceList fetched
+        self.fetch_lock = threading.Lock()  # one fetch at a time
+
+    def devices(self, fetch, max_age):
+        """Return the cached DeviceList if younger than max_age seconds, else fetch().
+
+        Netatmo allows 50 calls per 10 seconds per user: a page reloaded, or opened
+        in several tabs, is served from the list fetched last, and concurrent
+        requests wait for one fetch instead of making their own.
+        """
+        if max_age <= 0:
+            return fetch()
+        with self.fetch_lock:
+            cached = self.device_list
+            if cached is None or time.time() - cached.fetched_at >= max_age:
+                cached = self.device_list = fetch()
+            return cached
 
     def access_token(self, client):
         """Return an access token that is good for at least refresh_margin seconds."""
@@ -726,27 +759,29 @@ def home_page(session):
             button("/refresh", "Renew the token now"), button("/logout", "Log out"))))
 
 
-def devices_page(devices, not_granted):
-    """Return the device list as an HTML table (step e)."""
+def devices_page(found):
+    """Return a DeviceList as an HTML table (step e)."""
+    devices = found.devices
     notes = "".join('<p class="note">Not granted: %s. Log in again and allow them at '
                     'Netatmo, or add the scope to --scopes.</p>\n' % escape(line)
-                    for line in not_granted)
+                    for _, line in found.not_granted)
     rows = "".join(
         "<tr><td>%s</td><td>%s</td><td class=\"wide\">%s</td><td class=\"id wide\">%s</td>"
-        "<td>%s</td>"
-        "<td>%s</td></tr>\n" % (
-            escape(d["name"] or "(unnamed)"), escape(d["product"]), escape(d["type"]), escape(d["id"]),
-            escape(d["home"] or ""), {True: "yes", False: "no", None: ""}[d["reachable"]])
+        "<td>%s</td><td>%s</td></tr>\n" % (
+            escape(d["name"] or "(unnamed)"), escape(d["product"]), escape(d["type"]),
+            escape(d["id"]), escape(d["home"] or ""),
+            {True: "yes", False: "no", None: ""}[d["reachable"]])
         for d in devices)
     count = "%d device%s" % (len(devices), "" if len(devices) == 1 else "s")
     table = ("<div class=\"scroll\"><table><thead><tr><th>Name</th><th>Product</th>"
              "<th class=\"wide\">Type</th><th class=\"wide\">Id</th><th>Home</th>"
              "<th>Reachable</th></tr></thead>\n<tbody>\n%s</tbody></table></div>"
-             % rows) if devices else \
-        "<p>Netatmo lists no devices for this account.</p>"
-    return page("Your Netatmo devices", "%s<p>%s.</p>\n%s\n<p>%s %s <a href=\"/\">Home</a></p>"
-                % (notes, count, table, button("/refresh", "Renew the token now"),
-                   button("/logout", "Log out")))
+             % rows) if devices else "<p>Netatmo lists no devices for this account.</p>"
+    return page("Your Netatmo devices", (
+        "%s<p>%s, fetched from Netatmo at %s.</p>\n<div>%s</div>\n%s\n"
+        "<div>%s %s <a href=\"/\">Home</a></div>"
+        % (notes, count, escape(when(found.fetched_at)), button("/devices", "Fetch again now"),
+           table, button("/refresh", "Renew the token now"), button("/logout", "Log out"))))
 
 
 def error_page(error):
@@ -826,7 +861,7 @@ class Handler(BaseHTTPRequestHandler):
         "/": {"GET": "show_home"},
         "/login": {"GET": "login"},
         "/authenticate": {"GET": "authenticate"},
-        "/devices": {"GET": "show_devices"},
+        "/devices": {"GET": "show_devices", "POST": "fetch_again"},
         "/devices.json": {"GET": "devices_json"},
         "/refresh": {"POST": "force_refresh"},
         "/logout": {"POST": "logout"},
@@ -934,8 +969,7 @@ class Handler(BaseHTTPRequestHandler):
         if session is None:
             self.redirect(303, "/login")
             return
-        devices, not_granted = self.fetch_devices(sid, session)
-        self.send_html(200, devices_page(devices, [line for _, line in not_granted]))
+        self.send_html(200, devices_page(self.device_list(sid, session)))
 
     def devices_json(self):
         """GET /devices.json: (e) the same list, for programs."""
@@ -944,12 +978,25 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(401, {"error": "not_authenticated",
                                  "message": "Log in at /login first."})
             return
-        devices, not_granted = self.fetch_devices(sid, session)
-        self.send_json(200, {"devices": devices,
-                             "not_granted": [scope for scope, _ in not_granted]})
+        found = self.device_list(sid, session)
+        self.send_json(200, {"devices": found.devices,
+                             "not_granted": [scope for scope, _ in found.not_granted],
+                             "fetched_at": int(found.fetched_at)})
+
+    def fetch_again(self):
+        """POST /devices: forget the cached list, so the page asks Netatmo now."""
+        sid, session = self.logged_in()
+        if session is not None:
+            session.device_list = None
+        self.redirect(303, "/devices")
+
+    def device_list(self, sid, session):
+        """Return the session's DeviceList: cached, or fetched from Netatmo."""
+        return session.devices(lambda: self.fetch_devices(sid, session),
+                               self.server.config.cache_seconds)
 
     def fetch_devices(self, sid, session):
-        """Return (devices, [(scope, product line) not granted]), asking Netatmo at once.
+        """Return a DeviceList fresh from Netatmo, asking every endpoint at once.
 
         Each endpoint the granted scopes allow is called in its own thread, so the
         page waits for the slowest call, not for the sum of them.
@@ -973,7 +1020,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise error
             else:
                 bodies[name] = body if isinstance(body, dict) else {}
-        return devices_of(bodies), not_granted
+        return DeviceList(devices_of(bodies), not_granted, time.time())
 
     def login_expired(self, sid):
         """Forget a session whose refresh token Netatmo refused; return its PageError."""

@@ -21,7 +21,6 @@ Run it alone for the demo: python3 tests/fake_netatmo.py --port 8001 ...
 
 import argparse
 import base64
-import copy
 import hashlib
 import html
 import json
@@ -86,6 +85,21 @@ def hostile_account():
     }
 
 
+def generated_account(count):
+    """Return an account of `count` devices: homes of 100 modules, as homesdata lists them."""
+    types = ["NAPlug", "NATherm1", "NRV", "NLP", "NLF", "NLV", "NACamera", "NSD"]
+    homes = []
+    for h in range(0, count, 100):
+        homes.append({"id": "%024x" % h, "name": "Home %d" % (h // 100), "modules": [
+            {"id": "70:ee:50:%02x:%02x:%02x" % (i >> 16, (i >> 8) & 255, i & 255),
+             "type": types[i % len(types)], "name": "Device %d" % i, "setup_date": 1494963356,
+             "room_id": "%d" % (i // 5), "reachable": i % 7 != 0}
+            for i in range(h, min(h + 100, count))]})
+    return {"/api/homesdata": {"homes": homes, "user": {"email": "big@example.com"}},
+            "/api/getstationsdata": {"devices": []},
+            "/api/gethomecoachsdata": {"devices": []}}
+
+
 def default_users():
     """Return the accounts the fake knows, by user name."""
     return {
@@ -102,6 +116,9 @@ def default_users():
         "dave": {"/api/homesdata": fixture("homesdata_multi.json"),
                  "/api/getstationsdata": {"devices": []},
                  "/api/gethomecoachsdata": {"devices": []}},
+        # big500, big5000: generated accounts for the benchmark.
+        "big500": generated_account(500),
+        "big5000": generated_account(5000),
     }
 
 
@@ -142,7 +159,9 @@ class FakeNetatmo(object):
         self.refresh_tokens = {}
         self.access_of_refresh = {}    # refresh token -> the access token issued with it
         self.retired_refresh_tokens = set()
-        self.api_calls = {}            # user -> [times]
+        self.api_calls = {}            # user -> [times], for the rate limits
+        self.api_call_count = 0
+        self.encoded = {}              # (user, path) -> the body as JSON, made once
         # records
         self.requests = []
         self.refresh_reuse = 0
@@ -335,17 +354,20 @@ class FakeNetatmo(object):
                 return 403, api_error(13, "Application does not have the good scope rights")
             if not self.within_rate_limits(grant.user):
                 return 429, api_error(26, "User usage reached")
-            body = copy.deepcopy(self.users[grant.user][path])
-        return 200, {"body": body, "status": "ok", "time_exec": 0.012,
-                     "time_server": int(time.time())}
+            body = self.encoded.get((grant.user, path))
+            if body is None:
+                body = self.encoded[grant.user, path] = json.dumps(self.users[grant.user][path])
+        return 200, ('{"body": %s, "status": "ok", "time_exec": 0.012, "time_server": %d}'
+                     % (body, time.time()))
 
     def within_rate_limits(self, user):
         """Count one call of user; return False if it is over a limit (lock held)."""
         now = time.time()
-        calls = self.api_calls.setdefault(user, [])
-        calls.append(now)
+        self.api_call_count += 1
         if not self.rate_limits:
             return True
+        calls = self.api_calls.setdefault(user, [])
+        calls.append(now)
         longest = max(seconds for _, seconds in self.rate_limits)
         calls[:] = [t for t in calls if now - t < longest]
         return all(sum(1 for t in calls if now - t < seconds) <= limit
@@ -429,6 +451,15 @@ class FakeHandler(BaseHTTPRequestHandler):
         elif path == "/oauth2/token" and self.command == "POST":
             status, answer = fake.token(form)
             self.answer_json(status, answer)
+        elif path == "/_fake/stats":  # for the benchmark, which runs the fake apart
+            with fake.lock:
+                self.answer_json(200, {"api_calls": fake.api_call_count})
+        elif path == "/_fake/register" and self.command == "POST":
+            fake.register_redirect_uri(form["redirect_uri"])
+            self.answer_json(200, {"registered": form["redirect_uri"]})
+        elif path == "/_fake/latency" and self.command == "POST":
+            fake.latency = float(form.get("seconds", 0))
+            self.answer_json(200, {"latency": fake.latency})
         elif path in ENDPOINT_SCOPES:
             if fake.latency:
                 fake.stopping.wait(fake.latency)
@@ -495,8 +526,9 @@ class FakeHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def answer_json(self, status, answer):
-        """Send a JSON answer, as Netatmo does."""
-        self.answer(status, json.dumps(answer).encode("utf-8"), "application/json")
+        """Send a JSON answer (a value, or JSON text already), as Netatmo does."""
+        text = answer if isinstance(answer, str) else json.dumps(answer)
+        self.answer(status, text.encode("utf-8"), "application/json")
 
     def log_message(self, format, *args):
         """Stay quiet: the tests read `requests` instead."""
@@ -522,10 +554,17 @@ def main():
     parser.add_argument("--redirect-uri", default="http://127.0.0.1:8000/authenticate")
     parser.add_argument("--auto-approve", metavar="USER",
                         help="approve every login as USER, without the consent page")
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds added to every /api call")
+    parser.add_argument("--no-rate-limits", action="store_true",
+                        help="do not enforce Netatmo's per-user limits (benchmarks)")
     args = parser.parse_args()
     fake = FakeNetatmo(args.client_id, args.client_secret)
     fake.register_redirect_uri(args.redirect_uri)
     fake.auto_approve = args.auto_approve
+    fake.latency = args.latency
+    if args.no_rate_limits:
+        fake.rate_limits = None
     fake.server = FakeServer(("127.0.0.1", args.port), FakeHandler)
     fake.server.fake = fake
     print("fake Netatmo: serving on %s (users: %s)" % (fake.url, ", ".join(sorted(fake.users))),

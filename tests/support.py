@@ -129,6 +129,7 @@ class AppTestCase(unittest.TestCase):
     """Starts the fake cloud and the app for each test; cleans both up."""
 
     scopes = netatmo_stdlib.DEFAULT_SCOPES
+    cache_seconds = 0  # most tests watch what each page asks of Netatmo
 
     def setUp(self):
         self.fake = FakeNetatmo(CLIENT_ID, CLIENT_SECRET)
@@ -146,7 +147,8 @@ class AppTestCase(unittest.TestCase):
     def start_app(self, **settings):
         """Start netatmo_stdlib on a free port against the fake; return its server."""
         options = dict(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, host="127.0.0.1",
-                       port=0, scopes=self.scopes, api_url=self.fake.url, timeout=5)
+                       port=0, scopes=self.scopes, api_url=self.fake.url, timeout=5,
+                       cache_seconds=self.cache_seconds)
         options.update(settings)
         server = netatmo_stdlib.Server(netatmo_stdlib.Config(**options))
         self.fake.register_redirect_uri(server.config.redirect_uri)

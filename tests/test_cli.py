@@ -92,8 +92,11 @@ class BadSettingsTest(unittest.TestCase):
             with self.subTest(flag=flag, value=value):
                 self.assertBadSetting([flag, value], [flag], **GOOD)
 
-    def test_bad_timeout_and_scopes(self):
+    def test_bad_timeout_cache_and_scopes(self):
         self.assertBadSetting(["--timeout", "0"], ["--timeout"], **GOOD)
+        self.assertBadSetting(["--cache-seconds", "-1"], ["--cache-seconds"], **GOOD)
+        self.assertBadSetting([], ["NETATMO_CACHE_SECONDS"], NETATMO_CACHE_SECONDS="soon",
+                              **GOOD)
         self.assertBadSetting(["--scopes", "read_station,<x>"], ["--scopes"], **GOOD)
 
     def test_client_secret_flag_does_not_exist_and_its_value_is_not_echoed(self):
@@ -159,7 +162,7 @@ class StartTest(unittest.TestCase):
         status, out, _ = run(["--help"])
         self.assertEqual(status, 0)
         for flag in ("--client-id", "--client-secret-file", "--host", "--port",
-                     "--redirect-uri", "--scopes", "--api-url", "--timeout"):
+                     "--redirect-uri", "--scopes", "--api-url", "--timeout", "--cache-seconds"):
             self.assertIn(flag, out)
         status, out, _ = run(["--version"])
         self.assertEqual(status, 0)

@@ -1,5 +1,6 @@
 """Step (e): the devices, fetched concurrently, merged, escaped; scopes not granted."""
 
+import threading
 import time
 import unittest
 
@@ -21,6 +22,7 @@ class DeviceListTest(AppTestCase):
         self.assertEqual(response.status, 200)
         self.assertEqual(response.headers["Content-Type"], "application/json; charset=utf-8")
         answer = response.json()
+        self.assertEqual(set(answer), {"devices", "not_granted", "fetched_at"})
         self.assertEqual(answer["not_granted"], [])
         for d in answer["devices"]:
             self.assertEqual(set(d), {"id", "name", "type", "product", "home", "reachable"})
@@ -57,7 +59,7 @@ class DeviceListTest(AppTestCase):
     def test_html_page_lists_every_device_with_unnamed_ones_marked(self):
         browser, hops = self.login("alice")
         page = hops[-1].text
-        self.assertIn("73 devices.", page)
+        self.assertIn("73 devices, fetched", page)
         self.assertEqual(page.count("<tr><td>"), 73)
         self.assertIn("(unnamed)", page)
         self.assertIn("<td>Écocompteur</td>", page)
@@ -122,8 +124,10 @@ class DeviceListTest(AppTestCase):
             self.fake.revoke_scope(scope)
         response = browser.get(self.url + "/devices.json")
         self.assertEqual(response.status, 200)
-        self.assertEqual(response.json(), {"devices": [], "not_granted": [
-            "read_thermostat", "read_station", "read_homecoach"]})
+        answer = response.json()
+        self.assertEqual(answer["devices"], [])
+        self.assertEqual(answer["not_granted"],
+                         ["read_thermostat", "read_station", "read_homecoach"])
 
     def test_token_answer_without_scope_falls_back_to_the_requested_scopes(self):
         self.fake.scope_format = "none"
@@ -134,7 +138,7 @@ class DeviceListTest(AppTestCase):
     def test_token_answer_with_scope_as_a_string(self):
         self.fake.scope_format = "string"
         browser, hops = self.login("alice")
-        self.assertIn("73 devices.", hops[-1].text)
+        self.assertIn("73 devices, fetched", hops[-1].text)
 
     def test_only_the_configured_scopes_are_asked_and_called(self):
         server = self.start_app(scopes="read_station")
@@ -185,6 +189,72 @@ class DeviceListTest(AppTestCase):
         statuses = [browser.get(self.url + "/devices.json").status for _ in range(17)]
         self.assertEqual(statuses[:15], [200] * 15)  # 48 calls in all: within 50 per 10 s
         self.assertEqual(statuses[16], 429)
+
+
+class CacheTest(AppTestCase):
+    """The device list is kept for --cache-seconds (30 by default) per session."""
+
+    cache_seconds = 30
+
+    def api_calls(self):
+        return sum(len(self.fake.requests_to(p)) for p in
+                   ("/api/homesdata", "/api/getstationsdata", "/api/gethomecoachsdata"))
+
+    def test_the_page_again_within_the_window_asks_netatmo_nothing(self):
+        browser, hops = self.login("alice")
+        self.assertEqual(self.api_calls(), 3)
+        self.assertIn("fetched from Netatmo at 20", hops[-1].text)
+        for _ in range(5):
+            self.assertEqual(browser.get(self.url + "/devices").status, 200)
+        answer = browser.get(self.url + "/devices.json").json()
+        self.assertEqual(len(answer["devices"]), 73)
+        self.assertAlmostEqual(answer["fetched_at"], time.time(), delta=60)
+        self.assertEqual(self.api_calls(), 3)
+
+    def test_fetch_again_now_asks_netatmo(self):
+        browser, hops = self.login("alice")
+        self.assertIn('<form method="post" action="/devices">', hops[-1].text)
+        response = browser.post(self.url + "/devices")
+        self.assertEqual(response.status, 303)
+        self.assertEqual(response.location, "/devices")
+        self.assertEqual(browser.get(self.url + "/devices").status, 200)
+        self.assertEqual(self.api_calls(), 6)
+
+    def test_the_list_is_fetched_again_after_the_window(self):
+        self.server.config.cache_seconds = 0.2
+        browser, _ = self.login("alice")
+        [(sid, session)] = self.server.sessions.sessions.items()
+        session.device_list = session.device_list._replace(fetched_at=time.time() - 1)
+        browser.get(self.url + "/devices")
+        self.assertEqual(self.api_calls(), 6)
+
+    def test_concurrent_pages_share_one_fetch(self):
+        browser, _ = self.login("alice")
+        browser.post(self.url + "/devices")
+        self.fake.latency = 0.2
+        threads = [threading.Thread(target=browser.get, args=(self.url + "/devices",))
+                   for _ in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(self.api_calls(), 6)
+
+    def test_token_refresh_keeps_the_list_logout_drops_it(self):
+        browser, _ = self.login("alice")
+        browser.post(self.url + "/refresh")
+        browser.get(self.url + "/devices")
+        self.assertEqual(self.api_calls(), 3)
+        browser.post(self.url + "/logout")
+        self.login("alice", browser)
+        self.assertEqual(self.api_calls(), 6)
+        self.assertEqual(len(self.server.sessions.sessions), 1)
+
+    def test_sessions_do_not_share_a_cache(self):
+        alice, _ = self.login("alice")
+        carol, hops = self.login("carol")
+        self.assertIn("MyRemoteStation", hops[-1].text)
+        self.assertNotIn("MyRemoteStation", alice.get(self.url + "/devices").text)
 
 
 class DevicesOfTest(unittest.TestCase):

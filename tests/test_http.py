@@ -72,7 +72,7 @@ class HeadersTest(AppTestCase):
         response = Browser().request("DELETE", self.url + "/logout")
         self.assertEqual(response.status, 405)
         self.assertEqual(response.headers["Allow"], "POST")
-        response = Browser().post(self.url + "/devices")
+        response = Browser().post(self.url + "/devices.json")
         self.assertEqual(response.status, 405)
         self.assertEqual(response.headers["Allow"], "GET, HEAD")
 

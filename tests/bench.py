@@ -1,0 +1,385 @@
+"""make bench: how fast netatmo_stdlib is on this machine, against the fake cloud.
+
+The fake cloud and the app each run in a process of their own on loopback; this
+process is the clients. Each row says its conditions. Timings are noisy on shared
+machines: rows whose target is a ratio measure both sides in the same run. The exit
+status is non-zero only if something failed, never because a target was missed.
+"""
+
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PROGRAM = os.path.join(ROOT, "netatmo_stdlib.py")
+CLIENT_ID, CLIENT_SECRET = "bench-client", "bench-secret"
+
+
+def free_port():
+    """Return a TCP port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid):
+    """Return the resident memory of a process, in MB."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmRSS for %d" % pid)
+
+
+def percentile(values, p):
+    """Return the p-th percentile (nearest rank) of values."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100.0 * (len(ordered) - 1))))]
+
+
+class Child(object):
+    """A child process that prints its address on its first line of output."""
+
+    def __init__(self, args, env=None):
+        environment = dict(os.environ, NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
+        environment.update(env or {})
+        self.started = time.time()
+        self.process = subprocess.Popen([sys.executable] + args, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                        universal_newlines=True, env=environment)
+        self.first_line = self.process.stdout.readline()
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(10)
+        self.process.stdout.close()
+
+
+class Fake(Child):
+    """The fake Netatmo cloud, in its own process."""
+
+    def __init__(self):
+        self.port = free_port()
+        Child.__init__(self, [os.path.join(HERE, "fake_netatmo.py"), "--port", str(self.port),
+                              "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET,
+                              "--no-rate-limits"])
+        self.url = "http://127.0.0.1:%d" % self.port
+
+    def control(self, path, **form):
+        """POST to one of the fake's /_fake/ endpoints; return its JSON answer."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        connection.request("POST" if form else "GET", "/_fake/" + path,
+                           urllib.parse.urlencode(form),
+                           {"Content-Type": "application/x-www-form-urlencoded"})
+        answer = json.loads(connection.getresponse().read().decode())
+        connection.close()
+        return answer
+
+    def api_calls(self):
+        return self.control("stats")["api_calls"]
+
+
+class App(Child):
+    """netatmo_stdlib in its own process, pointed at the fake."""
+
+    def __init__(self, fake, cache_seconds):
+        self.port = free_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+        fake.control("register", redirect_uri=self.url + "/authenticate")
+        Child.__init__(self, [PROGRAM, "--port", str(self.port), "--api-url", fake.url,
+                              "--cache-seconds", str(cache_seconds)],
+                       {"NETATMO_CLIENT_ID": CLIENT_ID, "NETATMO_CLIENT_SECRET": CLIENT_SECRET})
+        if "open http://" not in self.first_line:
+            raise RuntimeError("the app did not start: %r" % self.first_line)
+
+    def rss(self):
+        return rss_mb(self.process.pid)
+
+
+class Client(object):
+    """One browser: a cookie and a kept-alive connection per host."""
+
+    def __init__(self):
+        self.cookie = None
+        self.connections = {}
+
+    def request(self, method, url, headers=None):
+        """Send a request; return (status, headers, body)."""
+        parts = urllib.parse.urlsplit(url)
+        connection = self.connections.get(parts.netloc)
+        if connection is None:
+            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+            self.connections[parts.netloc] = connection
+        headers = dict(headers or {})
+        if self.cookie and parts.port != FAKE_PORT[0]:
+            headers["Cookie"] = self.cookie
+        connection.request(method, parts.path + ("?" + parts.query if parts.query else ""),
+                           headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+        set_cookie = response.getheader("Set-Cookie")
+        if set_cookie:
+            self.cookie = set_cookie.split(";", 1)[0]
+        return response.status, response, body
+
+    def login(self, app, user, to_devices=False):
+        """Log in as user: /login, the fake's authorize, /authenticate (then /devices)."""
+        status, response, _ = self.request("GET", app.url + "/login")
+        assert status == 302, status
+        status, response, _ = self.request("GET", response.getheader("Location"),
+                                           {"X-Fake-Approve": user})
+        assert status == 302, status
+        status, response, _ = self.request("GET", response.getheader("Location"))
+        assert status == 303, status
+        if to_devices:
+            status, _, _ = self.request("GET", app.url + "/devices")
+            assert status == 200, status
+
+    def close(self):
+        for connection in self.connections.values():
+            connection.close()
+
+
+FAKE_PORT = [0]
+ROWS = []
+
+
+def row(name, conditions, result, target, met):
+    """Print one row as soon as it is measured, and keep it for the table."""
+    ROWS.append((name, conditions, result, target, met))
+    print("  %-18s %s" % (name, result), flush=True)
+
+
+def timed(function, count):
+    """Call function count times; return the durations in ms."""
+    durations = []
+    for _ in range(count):
+        started = time.perf_counter()
+        function()
+        durations.append((time.perf_counter() - started) * 1000)
+    return durations
+
+
+def bench_start():
+    times, memory = [], []
+    env = {"NETATMO_CLIENT_ID": CLIENT_ID, "NETATMO_CLIENT_SECRET": CLIENT_SECRET}
+    for _ in range(10):
+        port = free_port()
+        started = time.perf_counter()
+        child = Child([PROGRAM, "--port", str(port)], env)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().status == 200
+        times.append((time.perf_counter() - started) * 1000)
+        connection.close()
+        memory.append(rss_mb(child.process.pid))
+        child.stop()
+    row("start", "spawn to first 200 from /healthz, 10 runs",
+        "p50 %.0f ms" % statistics.median(times), "report", None)
+    row("idle memory", "RSS after start and one /healthz",
+        "%.1f MB" % statistics.median(memory), "report", None)
+
+
+def bench_page_latency(fake):
+    latency = 100.0
+    fake.control("latency", seconds=latency / 1000)
+    app = App(fake, cache_seconds=0)
+    try:
+        client = Client()
+        client.login(app, "alice")
+        client.request("GET", app.url + "/devices")
+        durations = timed(lambda: client.request("GET", app.url + "/devices"), 50)
+        p50, p95 = statistics.median(durations), percentile(durations, 95)
+        row("page latency", "/devices, alice (73 devices, 3 endpoints), L = 100 ms on every "
+            "API call, cache off, 50 requests",
+            "p50 %.0f ms = %.2f L, p95 %.0f ms = %.2f L" % (p50, p50 / latency, p95,
+                                                          p95 / latency),
+            "p50 <= 1.2 L, p95 <= 1.5 L", p50 <= 1.2 * latency and p95 <= 1.5 * latency)
+        client.close()
+    finally:
+        fake.control("latency", seconds=0)
+        app.stop()
+
+
+def bench_big_account(fake):
+    app = App(fake, cache_seconds=0)
+    results = {}
+    try:
+        for user, count in (("big500", 500), ("big5000", 5000)):
+            client = Client()
+            client.login(app, user)
+            client.request("GET", app.url + "/devices")
+            results[count] = statistics.median(
+                timed(lambda: client.request("GET", app.url + "/devices"), 20))
+            client.close()
+    finally:
+        app.stop()
+    per_device = (results[5000] - results[500]) / 4500 * 1000
+    row("big account", "/devices with 500 and 5,000 devices, L = 0, cache off, 20 requests",
+        "p50 %.0f ms (500), %.0f ms (5,000); %.0f us per device; 10x devices = %.1fx time"
+        % (results[500], results[5000], per_device, results[5000] / results[500]),
+        "p50 <= 150 ms at 5,000; linear", results[5000] <= 150)
+
+
+def bench_cached_page(fake):
+    app = App(fake, cache_seconds=30)
+    try:
+        client = Client()
+        client.login(app, "alice", to_devices=True)
+        before = fake.api_calls()
+        durations = timed(lambda: client.request("GET", app.url + "/devices"), 50)
+        calls = fake.api_calls() - before
+        p50 = statistics.median(durations)
+        row("cached page", "/devices again within the 30 s cache window, alice, 50 requests",
+            "p50 %.1f ms, %d calls reached the fake" % (p50, calls),
+            "p50 <= 5 ms, 0 calls", p50 <= 5 and calls == 0)
+        client.close()
+    finally:
+        app.stop()
+
+
+def load(app, clients, path, seconds):
+    """Have each client GET path for `seconds`; return requests per second."""
+    count = [0] * len(clients)
+    errors = []
+    start = threading.Barrier(len(clients) + 1)
+    stop_at = [0.0]
+
+    def run(i, client):
+        start.wait()
+        while time.time() < stop_at[0]:
+            status, _, _ = client.request("GET", app.url + path)
+            if status != 200:
+                errors.append(status)
+            count[i] += 1
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(clients)]
+    for t in threads:
+        t.start()
+    stop_at[0] = time.time() + seconds
+    began = time.time()
+    start.wait()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError("%d errors under load on %s: %s" % (len(errors), path,
+                                                               sorted(set(errors))))
+    return sum(count) / (time.time() - began)
+
+
+def bench_throughput(fake):
+    fake.control("latency", seconds=0.02)
+    app = App(fake, cache_seconds=0)
+    try:
+        clients = [Client() for _ in range(32)]
+        for client in clients:
+            client.login(app, "alice")
+        devices = load(app, clients, "/devices.json", 5)
+        health = load(app, clients, "/healthz", 5)
+        for client in clients:
+            client.close()
+        row("throughput", "32 clients, each its own session and connection, /devices.json, "
+            "L = 20 ms, cache off, 5 s; then /healthz the same way",
+            "%.0f req/s; /healthz %.0f req/s; ratio %.2f" % (devices, health, devices / health),
+            "ratio >= 0.5", devices / health >= 0.5)
+    finally:
+        fake.control("latency", seconds=0)
+        app.stop()
+
+
+def bench_keep_alive(fake):
+    app = App(fake, cache_seconds=30)
+    try:
+        client = Client()
+        client.login(app, "alice", to_devices=True)
+        connection = client.connections["127.0.0.1:%d" % app.port]
+        sockets = set()
+        for _ in range(20):
+            status, response, _ = client.request("GET", app.url + "/devices")
+            assert status == 200 and response.getheader("Content-Length")
+            sockets.add(id(connection.sock))
+        row("keep-alive", "20 page loads of /devices on one HTTP/1.1 connection",
+            "%d TCP connection(s) used" % len(sockets), "1", len(sockets) == 1)
+        client.close()
+    finally:
+        app.stop()
+
+
+def bench_login(fake):
+    app = App(fake, cache_seconds=30)
+    try:
+        def one_login():
+            client = Client()
+            client.request("GET", app.url + "/")
+            client.login(app, "alice", to_devices=True)
+            client.close()
+        durations = timed(one_login, 50)
+        row("login", "the 5 hops: /, /login, authorize, /authenticate, /devices (alice), "
+            "L = 0, new connections, 50 logins",
+            "p50 %.0f ms" % statistics.median(durations), "report", None)
+    finally:
+        app.stop()
+
+
+def bench_memory_per_session(fake):
+    app = App(fake, cache_seconds=30)
+    try:
+        warm = Client()
+        warm.login(app, "carol")
+        warm.close()
+        before = app.rss()
+        count, threads = 10000, 8
+
+        def run():
+            for _ in range(count // threads):
+                client = Client()
+                client.login(app, "carol")
+                client.close()
+        workers = [threading.Thread(target=run) for _ in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        growth_kb = (app.rss() - before) * 1024
+        row("memory per session", "RSS growth over 10,000 completed logins (/login, "
+            "authorize, /authenticate) / 10,000",
+            "%.2f KB per session (%.1f MB in all)" % (growth_kb / count, growth_kb / 1024),
+            "<= 4 KB", growth_kb / count <= 4)
+    finally:
+        app.stop()
+
+
+def main():
+    """Run every row and print the table; return 1 if anything failed."""
+    fake = Fake()
+    FAKE_PORT[0] = fake.port
+    print("netatmo_stdlib benchmark, Python %s, %d cores" % (sys.version.split()[0],
+                                                           os.cpu_count()), flush=True)
+    try:
+        for bench in (bench_start, bench_page_latency, bench_big_account, bench_cached_page,
+                      bench_throughput, bench_keep_alive, bench_login, bench_memory_per_session):
+            bench(*([] if bench is bench_start else [fake]))
+    except Exception as error:
+        print("bench: FAILED: %s: %s" % (type(error).__name__, error))
+        return 1
+    finally:
+        fake.stop()
+    print()
+    print("| row | conditions | result | target | met |")
+    print("|---|---|---|---|---|")
+    for name, conditions, result, target, met in ROWS:
+        print("| %s | %s | %s | %s | %s |" % (name, conditions, result, target,
+                                              {True: "yes", False: "no", None: "-"}[met]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
