@@ -3,7 +3,7 @@ PYTHON ?= python3
 DEMO_PORT ?= 8000
 FAKE_PORT ?= 8001
 
-.PHONY: test test-all demo run
+.PHONY: test test-all demo run bench
 
 test:            ## the suite with python3
 	$(PYTHON) tests/run.py
@@ -22,3 +22,6 @@ demo:            ## the whole flow against a fake Netatmo cloud, no account need
 
 run:             ## the real thing, configured by NETATMO_* variables
 	$(PYTHON) netatmo_stdlib.py
+
+bench:           ## how fast it is here: every row of issue 4, against the fake cloud
+	$(PYTHON) tests/bench.py

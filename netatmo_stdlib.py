@@ -46,9 +46,7 @@ import socketserver
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections import OrderedDict, namedtuple
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -319,11 +317,23 @@ class NetatmoClient(object):
 
     def __init__(self, config):
         self.config = config
-        # build_opener() includes urllib's ProxyHandler, which honours https_proxy,
-        # http_proxy and no_proxy, and an HTTPS handler that verifies certificates.
-        # Redirects are not followed: urllib would carry the Authorization header,
-        # and so the access token, to wherever the redirect points.
-        self.opener = urllib.request.build_opener(NoRedirects())
+        self.opener = None  # built by the first call: start-up does not need urllib
+
+    def build_opener(self):
+        """Return the urllib opener for calls to Netatmo, importing urllib.request now.
+
+        Its handlers: proxies from https_proxy, http_proxy and no_proxy; HTTP, and
+        HTTPS with certificate verification; non-2xx answers raised as HTTPError.
+        There is no redirect handler, on purpose: urllib would carry the
+        Authorization header, and so the access token, to wherever a redirect points.
+        """
+        import urllib.request
+        opener = urllib.request.OpenerDirector()
+        for handler in (urllib.request.ProxyHandler(), urllib.request.HTTPHandler(),
+                        urllib.request.HTTPSHandler(), urllib.request.HTTPDefaultErrorHandler(),
+                        urllib.request.HTTPErrorProcessor()):
+            opener.add_handler(handler)
+        return opener
 
     def authorize_url(self, state, code_challenge):
         """Return the URL of Netatmo's consent page for this login (step b)."""
@@ -392,6 +402,8 @@ class NetatmoClient(object):
 
     def call(self, method, path, data=None, headers=None):
         """Send one request to Netatmo and return its JSON answer, or raise NetatmoError."""
+        if self.opener is None:
+            self.opener = self.build_opener()  # imports urllib.request and urllib.error
         request = urllib.request.Request(self.config.api_url + path, method=method,
                                          headers=dict(headers or {}))
         if data is not None:
@@ -431,14 +443,6 @@ class NetatmoClient(object):
         if status == 200:
             return answer
         raise error_from_answer(status, answer)
-
-
-class NoRedirects(urllib.request.HTTPRedirectHandler):
-    """Turn a redirect from Netatmo into an error instead of following it."""
-
-    def redirect_request(self, *args):
-        """Return None: urllib then raises the 3xx as an HTTPError."""
-        return None
 
 
 def error_from_answer(status, answer):
@@ -855,6 +859,9 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "netatmo_stdlib/" + __version__
     max_body = 64 * 1024
     timeout = 30                    # seconds a silent client may hold a connection
+    # http.server writes the headers and the body in two small packets; with Nagle's
+    # algorithm the second waits for the client's delayed ACK: 40 ms on every answer.
+    disable_nagle_algorithm = True
 
     # path: {method: handler method}
     routes = {

@@ -39,6 +39,13 @@ def rss_mb(pid):
     raise RuntimeError("no VmRSS for %d" % pid)
 
 
+def cpu_seconds(pid):
+    """Return the CPU time (user + system) a process has used so far, in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / float(os.sysconf("SC_CLK_TCK"))
+
+
 def percentile(values, p):
     """Return the p-th percentile (nearest rank) of values."""
     ordered = sorted(values)
@@ -169,9 +176,12 @@ def timed(function, count):
 
 
 def bench_start():
-    times, memory = [], []
+    times, memory, bare = [], [], []
     env = {"NETATMO_CLIENT_ID": CLIENT_ID, "NETATMO_CLIENT_SECRET": CLIENT_SECRET}
     for _ in range(10):
+        started = time.perf_counter()
+        subprocess.check_call([sys.executable, "-c", "pass"])
+        bare.append((time.perf_counter() - started) * 1000)
         port = free_port()
         started = time.perf_counter()
         child = Child([PROGRAM, "--port", str(port)], env)
@@ -182,8 +192,10 @@ def bench_start():
         connection.close()
         memory.append(rss_mb(child.process.pid))
         child.stop()
-    row("start", "spawn to first 200 from /healthz, 10 runs",
-        "p50 %.0f ms" % statistics.median(times), "report", None)
+    row("start", "spawn to first 200 from /healthz, 10 runs; beside it, the spawn of a "
+        "bare `python3 -c pass` on this machine",
+        "p50 %.0f ms (bare interpreter: %.0f ms)" % (statistics.median(times),
+                                                    statistics.median(bare)), "report", None)
     row("idle memory", "RSS after start and one /healthz",
         "%.1f MB" % statistics.median(memory), "report", None)
 
@@ -246,8 +258,8 @@ def bench_cached_page(fake):
         app.stop()
 
 
-def load(app, clients, path, seconds):
-    """Have each client GET path for `seconds`; return requests per second."""
+def load(app, clients, path, seconds, fake):
+    """Have each client GET path for `seconds`; return (req/s, app and fake CPU ms/req)."""
     count = [0] * len(clients)
     errors = []
     start = threading.Barrier(len(clients) + 1)
@@ -265,14 +277,18 @@ def load(app, clients, path, seconds):
     for t in threads:
         t.start()
     stop_at[0] = time.time() + seconds
+    cpu = [cpu_seconds(app.process.pid), cpu_seconds(fake.process.pid)]
     began = time.time()
     start.wait()
     for t in threads:
         t.join()
+    elapsed = time.time() - began
     if errors:
         raise RuntimeError("%d errors under load on %s: %s" % (len(errors), path,
                                                                sorted(set(errors))))
-    return sum(count) / (time.time() - began)
+    done = sum(count)
+    return (done / elapsed, (cpu_seconds(app.process.pid) - cpu[0]) * 1000 / done,
+            (cpu_seconds(fake.process.pid) - cpu[1]) * 1000 / done)
 
 
 def bench_throughput(fake):
@@ -282,13 +298,16 @@ def bench_throughput(fake):
         clients = [Client() for _ in range(32)]
         for client in clients:
             client.login(app, "alice")
-        devices = load(app, clients, "/devices.json", 5)
-        health = load(app, clients, "/healthz", 5)
+        devices, app_cpu, fake_cpu = load(app, clients, "/devices.json", 5, fake)
+        health, health_cpu, _ = load(app, clients, "/healthz", 5, fake)
         for client in clients:
             client.close()
         row("throughput", "32 clients, each its own session and connection, /devices.json, "
-            "L = 20 ms, cache off, 5 s; then /healthz the same way",
-            "%.0f req/s; /healthz %.0f req/s; ratio %.2f" % (devices, health, devices / health),
+            "L = 20 ms, cache off, 5 s; then /healthz the same way; CPU per request of the "
+            "app and of the fake cloud (all on the same cores)",
+            "%.0f req/s; /healthz %.0f req/s; ratio %.2f; CPU per request: app %.1f ms "
+            "(/healthz %.2f ms), fake %.1f ms" % (devices, health, devices / health, app_cpu,
+                                                 health_cpu, fake_cpu),
             "ratio >= 0.5", devices / health >= 0.5)
     finally:
         fake.control("latency", seconds=0)

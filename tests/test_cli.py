@@ -167,3 +167,11 @@ class StartTest(unittest.TestCase):
         status, out, _ = run(["--version"])
         self.assertEqual(status, 0)
         self.assertIn("1.0", out)
+
+    def test_start_up_does_not_import_what_only_netatmo_calls_need(self):
+        code = ("import sys; sys.path.insert(0, %r); import netatmo_stdlib; "
+                "print(sorted(m for m in ('urllib.request', 'urllib.error') "
+                "if m in sys.modules))" % ROOT)
+        out = subprocess.check_output([sys.executable, "-S", "-c", code],
+                                      universal_newlines=True)
+        self.assertEqual(out.strip(), "[]")
