@@ -94,7 +94,9 @@ class Config(object):
 
     def __init__(self, client_id, client_secret, host="127.0.0.1", port=8000,
                  redirect_uri=None, scopes=DEFAULT_SCOPES, api_url=DEFAULT_API_URL,
-                 timeout=10.0, cache_seconds=30.0):
+                 timeout=10.0, cache_seconds=30.0, once=False, json_output=False,
+                 wait=300.0, token_file=None, no_browser=False, open_browser=False,
+                 certfile=None, keyfile=None):
         self.client_id = client_id
         self.client_secret = client_secret
         self.host = host
@@ -103,14 +105,26 @@ class Config(object):
         self.api_url = api_url.rstrip("/")
         self.timeout = timeout
         self.cache_seconds = cache_seconds
+        self.once = once                  # terminal mode: one login, print, exit
+        self.json_output = json_output    # --once prints JSON instead of a table
+        self.wait = wait                  # --once gives up after this many seconds
+        self.token_file = TokenFile(token_file) if token_file else None
+        self.no_browser = no_browser      # --once never falls back to a browser login
+        self.open_browser = open_browser
+        self.certfile = certfile          # serve https with this certificate and key
+        self.keyfile = keyfile
         self.redirect_uri = redirect_uri or self.default_redirect_uri()
 
     def default_redirect_uri(self):
-        """Return http://HOST:PORT/authenticate, naming a wildcard host localhost."""
+        """Return http(s)://HOST:PORT/authenticate, naming a wildcard host localhost."""
+        return self.local_url("/authenticate")
+
+    def local_url(self, path):
+        """Return the URL of path on this server, naming a wildcard host localhost."""
         host = "localhost" if self.host in ("", "0.0.0.0", "::") else self.host
         if ":" in host:
             host = "[%s]" % host
-        return "http://%s:%d/authenticate" % (host, self.port)
+        return "%s://%s:%d%s" % ("https" if self.certfile else "http", host, self.port, path)
 
     @property
     def origin(self):
@@ -158,8 +172,18 @@ def argument_parser():
     parser = ArgumentParser(
         prog="netatmo_stdlib.py", allow_abbrev=False,
         description="Log in to Netatmo with OAuth2 and list the devices of your account.",
-        epilog="Example: NETATMO_CLIENT_ID=... NETATMO_CLIENT_SECRET=... "
-               "python3 netatmo_stdlib.py, then open http://127.0.0.1:8000/")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""examples:
+  web app:        NETATMO_CLIENT_ID=... NETATMO_CLIENT_SECRET=... python3 netatmo_stdlib.py
+                  then open http://127.0.0.1:8000/
+  terminal:       python3 netatmo_stdlib.py --once --open
+  for a script:   python3 netatmo_stdlib.py --once --json --token-file ~/.netatmo.json
+                  (later runs refresh the saved login without a browser)
+  over SSH:       ssh -L 8000:127.0.0.1:8000 host, run --once there, open the URL here
+  https on a LAN: python3 netatmo_stdlib.py --host 0.0.0.0 --certfile c.pem --keyfile k.pem
+                  --redirect-uri https://box.lan:8000/authenticate
+exit status: 0 done, 1 declined or login failed, 2 bad setting, 3 --wait ran out,
+             4 Netatmo failed, 130 Ctrl-C with --once""")
     add = parser.add_argument
     add("--client-id", help="your app's client id (env NETATMO_CLIENT_ID or NETATMO_APP_ID)")
     add("--client-secret-file", metavar="PATH",
@@ -177,6 +201,22 @@ def argument_parser():
         "NETATMO_TIMEOUT, default 10)")
     add("--cache-seconds", help="seconds a fetched device list is shown again without "
         "asking Netatmo; 0 turns the cache off (env NETATMO_CACHE_SECONDS, default 30)")
+    add("--certfile", metavar="PATH", help="serve https with this certificate (PEM); "
+        "needs --keyfile")
+    add("--keyfile", metavar="PATH", help="the private key of --certfile (PEM)")
+    add("--open", action="store_true", help="open the address in a web browser")
+    terminal = parser.add_argument_group("terminal mode")
+    terminal.add_argument("--once", action="store_true", help="wait for one login, print "
+                          "the devices on stdout, exit")
+    terminal.add_argument("--json", action="store_true", help="with --once: print JSON, "
+                          "as /devices.json, instead of a table")
+    terminal.add_argument("--wait", metavar="SECONDS", help="with --once: give up after "
+                          "this long without a login (default 300)")
+    terminal.add_argument("--token-file", metavar="PATH", help="save the tokens here (0600) "
+                          "after each login and refresh; with --once, log in from it "
+                          "without a browser when it holds a refresh token")
+    terminal.add_argument("--no-browser", action="store_true", help="with --once: never "
+                          "fall back to a browser login; exit 1 instead")
     add("--version", action="version", version="%(prog)s " + __version__)
     return parser
 
@@ -244,8 +284,25 @@ def read_config(argv, environ):
             raise ConfigError("bad redirect URI %r: it must end in /authenticate, the path "
                               "this program answers on; fix --redirect-uri or "
                               "NETATMO_REDIRECT_URI" % redirect_uri)
-    return Config(client_id.strip(), client_secret, host, port, redirect_uri, scopes,
-                  api_url, timeout, cache_seconds)
+    wait_text = args.wait if args.wait is not None else "300"
+    try:
+        wait = float(wait_text)
+        if not 0 < wait <= 86400:
+            raise ValueError
+    except ValueError:
+        raise ConfigError("bad --wait %r: a number of seconds, up to 86400" % wait_text)
+    if bool(args.certfile) != bool(args.keyfile):
+        raise ConfigError("--certfile and --keyfile go together: pass both to serve https")
+    for flag, value in (("--json", args.json), ("--wait", args.wait),
+                        ("--no-browser", args.no_browser)):
+        if value and not args.once:
+            raise ConfigError("%s works with --once only" % flag)
+    config = Config(client_id.strip(), client_secret, host, port, redirect_uri, scopes,
+                    api_url, timeout, cache_seconds, args.once, args.json, wait,
+                    args.token_file, args.no_browser, args.open, args.certfile, args.keyfile)
+    if config.token_file:
+        config.token_file.check_writable()
+    return config
 
 
 def read_client_secret(path, environ):
@@ -557,7 +614,7 @@ DeviceList = namedtuple("DeviceList", "devices not_granted fetched_at")
 
 class Session(object):
     """A logged-in browser: its tokens, its cached device list, and their locks."""
-    __slots__ = ("tokens", "last_seen", "lock", "device_list", "fetch_lock")
+    __slots__ = ("tokens", "last_seen", "lock", "device_list", "fetch_lock", "saver")
 
     # Refresh this many seconds before the access token runs out.
     refresh_margin = 60
@@ -568,6 +625,7 @@ class Session(object):
         self.lock = threading.Lock()        # one refresh at a time
         self.device_list = None             # the last DeviceList fetched
         self.fetch_lock = threading.Lock()  # one fetch at a time
+        self.saver = None                   # --token-file: called with each new pair
 
     def devices(self, fetch, max_age):
         """Return the cached DeviceList if younger than max_age seconds, else fetch().
@@ -611,6 +669,11 @@ class Session(object):
                     raise LoginExpired()
                 raise
             log.info("refreshed the tokens of a session")
+            if self.saver is not None:
+                try:
+                    self.saver(self.tokens)  # the old refresh token is dead: save now
+                except OSError as e:
+                    log.error("could not save the new tokens to --token-file: %s", e)
             return self.tokens.access_token
 
     def api_get(self, client, name):
@@ -699,6 +762,136 @@ class SessionStore(object):
             if now - login.created_at <= self.pending_ttl:
                 break
             del self.pending[sid]
+
+
+def fetch_device_list(session, client, requested_scopes):
+    """Return a DeviceList fresh from Netatmo, asking every endpoint at once (step e).
+
+    Each endpoint the granted scopes allow is called in its own thread, so the page
+    waits for the slowest call, not for the sum of them. An endpoint that answers
+    403 code 13 is a product line not granted, not a failure.
+    """
+    granted = set(session.tokens.scope)
+    calls = [(name, scope, line) for name, scope, line in DEVICE_ENDPOINTS
+             if scope in granted]
+    not_granted = [(scope, line) for name, scope, line in DEVICE_ENDPOINTS
+                   if scope in requested_scopes.split() and scope not in granted]
+    results = in_parallel([lambda name=name: session.api_get(client, name)
+                           for name, _, _ in calls])
+    for _, error in results:
+        if isinstance(error, LoginExpired):
+            raise error
+    bodies = {}
+    for (name, scope, line), (body, error) in zip(calls, results):
+        if isinstance(error, NetatmoError) and error.code == 13:
+            not_granted.append((scope, line))
+        elif error is not None:
+            raise error
+        else:
+            bodies[name] = body if isinstance(body, dict) else {}
+    return DeviceList(devices_of(bodies), not_granted, time.time())
+
+
+def in_parallel(functions):
+    """Call each function in its own thread; return [(result, exception)] in order."""
+    results = [(None, None)] * len(functions)
+
+    def run(i, function):
+        try:
+            results[i] = (function(), None)
+        except Exception as error:  # handed back to the caller, who decides
+            results[i] = (None, error)
+
+    threads = [threading.Thread(target=run, args=(i, f)) for i, f in enumerate(functions)]
+    for thread in threads[1:]:
+        thread.start()
+    if functions:
+        run(0, functions[0])
+    for thread in threads[1:]:
+        thread.join()
+    return results
+
+
+# ---- Keeping tokens in a file (--token-file) ------------------------------------
+
+class TokenFile(object):
+    """The JSON file where --token-file keeps the tokens for later runs and scripts.
+
+    Netatmo rotates refresh tokens, so the file is rewritten after every refresh:
+    a file that kept an old refresh token would hold a dead login.
+    """
+
+    fields = ("access_token", "refresh_token", "expires_at", "scope")
+
+    def __init__(self, path):
+        self.path = os.path.abspath(path)
+
+    def load(self):
+        """Return the Tokens saved in the file, None if there is no file.
+
+        Raise ConfigError for a file that is unreadable, corrupt, readable by other
+        users, or not a token file at all (we will not overwrite someone else's file).
+        """
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise ConfigError("cannot read --token-file %r: %s" % (self.path, e.strerror))
+        with os.fdopen(fd, "rb") as f:
+            if os.fstat(f.fileno()).st_mode & 0o077:
+                raise ConfigError("--token-file %r can be read by other users; it holds "
+                                  "your Netatmo login: chmod 600 it, or delete it and log "
+                                  "in again" % self.path)
+            raw = f.read(1024 * 1024)
+        try:
+            saved = json.loads(raw.decode("utf-8"))
+        except ValueError:
+            saved = None
+        if not isinstance(saved, dict) or not set(self.fields) <= set(saved):
+            raise ConfigError("--token-file %r is not a token file of this program (or it "
+                              "is corrupt); it was left as it is: delete it or name "
+                              "another file" % self.path)
+        if not isinstance(saved["refresh_token"], str) or not saved["refresh_token"]:
+            return None
+        return Tokens(str(saved["access_token"]), saved["refresh_token"],
+                      saved["expires_at"] if isinstance(saved["expires_at"], (int, float))
+                      else None, [str(s) for s in saved["scope"] or []])
+
+    def save(self, tokens):
+        """Write tokens to the file atomically, readable by its owner only.
+
+        The new content goes to PATH.tmp, created exclusively and never through a
+        symlink (one planted there is removed, not followed), then renamed over PATH:
+        a reader sees the old file or the new one, never half of one.
+        """
+        content = json.dumps(dict(zip(self.fields, tokens)), indent=2).encode("utf-8")
+        temporary = self.path + ".tmp"
+        try:
+            os.unlink(temporary)  # a leftover, or a planted link: unlink never follows
+        except FileNotFoundError:
+            pass
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
+                     getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(temporary, self.path)
+        except BaseException:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+            raise
+
+    def check_writable(self):
+        """Raise ConfigError unless the file's folder exists and can be written."""
+        folder = os.path.dirname(self.path)
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError("cannot write --token-file %r: its folder %r is missing or "
+                              "not writable" % (self.path, folder))
 
 
 # ---- Pages ---------------------------------------------------------------------
@@ -800,7 +993,7 @@ class PageError(Exception):
     """Stop handling a request and answer with this status and explanation."""
 
     def __init__(self, status, title, explanation, link="/", link_text="Back to the start",
-                 error="error", headers=()):
+                 error="error", headers=(), exit_status=None):
         Exception.__init__(self, title)
         self.status = status
         self.title = title
@@ -809,11 +1002,13 @@ class PageError(Exception):
         self.link_text = link_text
         self.error = error      # the short name /devices.json answers with
         self.headers = headers
+        self.exit_status = exit_status  # with --once: how the run ends (None: it goes on)
 
 
-def login_again(status, title, explanation, error="login_failed"):
+def login_again(status, title, explanation, error="login_failed", exit_status=1):
     """Return a PageError whose way on is a fresh login."""
-    return PageError(status, title, explanation, "/login", "Log in again", error)
+    return PageError(status, title, explanation, "/login", "Log in again", error,
+                     exit_status=exit_status)
 
 
 # What usually causes each error Netatmo may send back to the redirect URI.
@@ -836,19 +1031,19 @@ def page_error_for(error):
                          "Netatmo allows each user about 50 calls per 10 seconds and 500 "
                          "per hour, and says that limit was reached. Try again later; after "
                          "a heavy burst it can take an hour.", error="rate_limited",
-                         headers=(("Retry-After", "600"),))
+                         headers=(("Retry-After", "600"),), exit_status=4)
     if error.error == "invalid_client":
         return PageError(502, "Netatmo refused this app's credentials",
                          "The client id or client secret is wrong. Check them against "
                          "dev.netatmo.com. A new app can take a few minutes to be accepted.",
-                         error="invalid_client")
+                         error="invalid_client", exit_status=2)
     if error.timeout:
         return PageError(504, "Netatmo did not answer in time",
                          "%s Netatmo may be slow or down; try again in a minute." % error.message,
-                         error="netatmo_timeout")
+                         error="netatmo_timeout", exit_status=4)
     return PageError(502, "Netatmo failed",
                      "The failing side is Netatmo's: %s Try again in a minute." % error.message,
-                     error="netatmo_failed")
+                     error="netatmo_failed", exit_status=4)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -893,9 +1088,9 @@ class Handler(BaseHTTPRequestHandler):
                 self.check_origin()
             getattr(self, name)()
         except NetatmoError as error:
-            self.send_error_page(page_error_for(error))
+            self.dispatch_error(page_error_for(error))
         except PageError as error:
-            self.send_error_page(error)
+            self.dispatch_error(error)
         except OSError:  # the browser hung up while we answered
             self.close_connection = True
         except Exception:  # a bug of ours: say so, and leave its traceback in the log
@@ -905,6 +1100,13 @@ class Handler(BaseHTTPRequestHandler):
                                            "in this program; its log says what."))
 
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = dispatch
+
+    def dispatch_error(self, error):
+        """Answer with the error's page; with --once, an error that ends the run ends it."""
+        self.send_error_page(error)
+        if self.server.outcome is not None and error.exit_status is not None:
+            self.server.outcome.finish(error.exit_status, "%s. %s" % (error.title,
+                                                                      error.explanation))
 
     # -- the steps of the flow --
 
@@ -944,7 +1146,7 @@ class Handler(BaseHTTPRequestHandler):
             raise login_again(400, "This login link is not valid",
                               "It was already used, it expired (a login must be finished "
                               "within 10 minutes), or it was started in another browser. "
-                              "Start a new login.", error="invalid_state")
+                              "Start a new login.", error="invalid_state", exit_status=None)
         # (d) Exchange the code for tokens, and keep them under a new session id.
         try:
             tokens = self.server.netatmo.exchange_code(code, login.code_verifier)
@@ -953,7 +1155,15 @@ class Handler(BaseHTTPRequestHandler):
                 raise login_again(400, "This login link was already used or expired",
                                   "Netatmo did not accept the code in it. Start a new login.")
             raise
-        sid, _ = self.server.sessions.create(tokens)
+        sid, session = self.server.sessions.create(tokens)
+        self.server.keep_tokens(session)
+        if self.server.outcome is not None:  # --once: the terminal gets the devices
+            found = self.device_list(sid, session)
+            self.send_html(200, page("Done", "<p>The terminal has the list of your %d "
+                                             "devices. You may close this tab.</p>"
+                                     % len(found.devices)))
+            self.server.outcome.finish(0, device_list=found)
+            return
         self.redirect(303, "/devices", cookie=sid)
 
     def authorize_error(self, error):
@@ -962,13 +1172,16 @@ class Handler(BaseHTTPRequestHandler):
             return PageError(403, "You declined",
                              "You did not allow this program to read your Netatmo devices, "
                              "so it has nothing to show.", "/login", "Try again",
-                             error="access_denied")
+                             error="access_denied", exit_status=1)
         name = error if error.replace("_", "").isalnum() and len(error) <= 64 \
             else "an unreadable error"
         cause = AUTHORIZE_ERRORS.get(error, "Check this program's settings against your app "
                                             "at dev.netatmo.com.")
+        # A redirect URI or client id that Netatmo refuses is a setting to fix: status 2.
         return login_again(400, "Netatmo refused the login",
-                           "Netatmo answered %s. %s" % (name, cause), error="authorize_error")
+                           "Netatmo answered %s. %s" % (name, cause), error="authorize_error",
+                           exit_status=2 if error in ("redirect_uri_mismatch",
+                                                      "invalid_client") else 1)
 
     def show_devices(self):
         """GET /devices: (e) retrieve the devices and output them as a page."""
@@ -999,35 +1212,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def device_list(self, sid, session):
         """Return the session's DeviceList: cached, or fetched from Netatmo."""
-        return session.devices(lambda: self.fetch_devices(sid, session),
-                               self.server.config.cache_seconds)
-
-    def fetch_devices(self, sid, session):
-        """Return a DeviceList fresh from Netatmo, asking every endpoint at once.
-
-        Each endpoint the granted scopes allow is called in its own thread, so the
-        page waits for the slowest call, not for the sum of them.
-        """
-        client = self.server.netatmo
-        granted = set(session.tokens.scope)
-        requested = self.server.config.scopes.split()
-        calls = [(name, scope, line) for name, scope, line in DEVICE_ENDPOINTS
-                 if scope in granted]
-        not_granted = [(scope, line) for name, scope, line in DEVICE_ENDPOINTS
-                       if scope in requested and scope not in granted]
-        results = in_parallel([lambda name=name: session.api_get(client, name)
-                               for name, _, _ in calls])
-        if any(isinstance(error, LoginExpired) for _, error in results):
+        config = self.server.config
+        try:
+            return session.devices(
+                lambda: fetch_device_list(session, self.server.netatmo, config.scopes),
+                config.cache_seconds)
+        except LoginExpired:
             raise self.login_expired(sid)
-        bodies = {}
-        for (name, scope, line), (body, error) in zip(calls, results):
-            if isinstance(error, NetatmoError) and error.code == 13:
-                not_granted.append((scope, line))  # 403 code 13: scope not granted
-            elif error is not None:
-                raise error
-            else:
-                bodies[name] = body if isinstance(body, dict) else {}
-        return DeviceList(devices_of(bodies), not_granted, time.time())
 
     def login_expired(self, sid):
         """Forget a session whose refresh token Netatmo refused; return its PageError."""
@@ -1192,26 +1383,6 @@ def one(params, name):
     return values[0] if len(set(values)) == 1 else None
 
 
-def in_parallel(functions):
-    """Call each function in its own thread; return [(result, exception)] in order."""
-    results = [(None, None)] * len(functions)
-
-    def run(i, function):
-        try:
-            results[i] = (function(), None)
-        except Exception as error:  # handed back to the caller, who decides
-            results[i] = (None, error)
-
-    threads = [threading.Thread(target=run, args=(i, f)) for i, f in enumerate(functions)]
-    for thread in threads[1:]:
-        thread.start()
-    if functions:
-        run(0, functions[0])
-    for thread in threads[1:]:
-        thread.join()
-    return results
-
-
 class Server(socketserver.ThreadingMixIn, HTTPServer):
     """An HTTP server with one thread per connection (ThreadingHTTPServer, also on 3.6)."""
 
@@ -1231,6 +1402,45 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
         self.config = config
         self.netatmo = NetatmoClient(config)
         self.sessions = SessionStore()
+        self.outcome = Outcome() if config.once else None
+        self.tls = tls_context(config) if config.certfile else None
+        self.token_lock = threading.Lock()
+        self.token_owner = None  # the session whose tokens --token-file holds
+
+    def keep_tokens(self, session):
+        """--token-file: save this session's tokens now, and after each of its refreshes.
+
+        The last login owns the file: an older session's refreshes no longer write it.
+        """
+        token_file = self.config.token_file
+        if token_file is None:
+            return
+        with self.token_lock:
+            if self.token_owner is not None:
+                self.token_owner.saver = None
+            self.token_owner = session
+            session.saver = token_file.save
+        try:
+            token_file.save(session.tokens)
+        except OSError as e:
+            raise PageError(500, "Cannot save the tokens", "Writing --token-file failed (%s); "
+                            "the login worked, but the file was not updated." % e.strerror,
+                            exit_status=2)
+
+    def finish_request(self, request, client_address):
+        """Serve one connection; with --certfile, first the TLS handshake, in its thread."""
+        if self.tls is None:
+            HTTPServer.finish_request(self, request, client_address)
+            return
+        request.settimeout(Handler.timeout)
+        try:
+            request = self.tls.wrap_socket(request, server_side=True)
+        except (OSError, ValueError):  # not TLS, or no handshake in time: just close
+            return
+        try:
+            HTTPServer.finish_request(self, request, client_address)
+        finally:
+            self.shutdown_request(request)
 
     def shutdown_request(self, request):
         """Close a connection gracefully, so a reset cannot destroy our last answer.
@@ -1257,15 +1467,157 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
         self.server_port = self.server_address[1]
 
 
+def tls_context(config):
+    """Return the TLS context for --certfile and --keyfile: TLS 1.2 at least."""
+    import ssl
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if hasattr(context, "minimum_version"):
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+    else:  # Python 3.6
+        context.options |= ssl.OP_NO_TLSv1 | ssl.OP_NO_TLSv1_1
+    try:
+        context.load_cert_chain(config.certfile, config.keyfile)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError("cannot use --certfile %r with --keyfile %r: %s"
+                          % (config.certfile, config.keyfile, getattr(e, "strerror", None)
+                             or e))
+    return context
+
+
+# ---- The terminal mode (--once) ------------------------------------------------
+
+class Outcome(object):
+    """How a --once run ends: a device list, or an exit status and why."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.status = None
+        self.message = None
+        self.device_list = None
+
+    def finish(self, status, message=None, device_list=None):
+        """Record the end of the run, once; later calls change nothing."""
+        if self.done.is_set():
+            return
+        self.status, self.message, self.device_list = status, message, device_list
+        self.done.set()
+
+
+def run_once(config, server, saved):
+    """--once: log in (from the saved tokens, else in a browser), print the devices.
+
+    Return the exit status: 0 done, 1 declined or login failed, 2 bad setting,
+    3 no login within --wait, 4 Netatmo failed, 130 Ctrl-C.
+    """
+    if saved is not None:
+        status = devices_from_saved_login(config, server, saved)
+        if status is not None:
+            return status
+    elif config.no_browser:
+        return fail(1, "no saved login in %s: run once without --no-browser to log in"
+                    % (config.token_file.path if config.token_file else "--token-file"))
+    login_url = config.origin + "/login"
+    # Poll for shutdown every 0.1 s (not 0.5): the run ends soon after the login.
+    thread = threading.Thread(target=server.serve_forever, args=(0.1,))
+    thread.start()
+    try:
+        sys.stderr.write("netatmo_stdlib: open %s in a browser to log in (waiting up to "
+                         "%g s)\nnetatmo_stdlib: the redirect URI registered for the app must "
+                         "be %s\n" % (login_url, config.wait, config.redirect_uri))
+        if config.open_browser:
+            open_browser(login_url)
+        if not server.outcome.done.wait(config.wait):
+            return fail(3, "no login was completed within %g s (--wait)" % config.wait)
+    except KeyboardInterrupt:
+        return fail(130, "interrupted")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    outcome = server.outcome
+    if outcome.status != 0:
+        return fail(outcome.status, outcome.message)
+    print_devices(outcome.device_list, config.json_output)
+    return 0
+
+
+def devices_from_saved_login(config, server, saved):
+    """Refresh the saved tokens, save the new pair first, print the devices.
+
+    Return the exit status, or None to fall back to a login in the browser.
+    """
+    session = Session(saved, time.time())
+    session.saver = config.token_file.save
+    try:
+        session.refresh(server.netatmo)  # rotates the pair and saves it, first of all
+        found = fetch_device_list(session, server.netatmo, config.scopes)
+    except LoginExpired:
+        message = ("the saved login in %s expired or was used elsewhere (Netatmo allows "
+                   "each refresh token once)" % config.token_file.path)
+        if config.no_browser:
+            return fail(1, message)
+        sys.stderr.write("netatmo_stdlib: %s; log in again in the browser\n" % message)
+        return None
+    except NetatmoError as e:
+        error = page_error_for(e)
+        return fail(error.exit_status, "%s. %s" % (error.title, error.explanation))
+    print_devices(found, config.json_output)
+    return 0
+
+
+def fail(status, message):
+    """Say on stderr why the run ends; return its exit status."""
+    sys.stderr.write("netatmo_stdlib: %s\n" % message)
+    return status
+
+
+def print_devices(found, as_json):
+    """Print a DeviceList on stdout: JSON as /devices.json, or an aligned table."""
+    if as_json:
+        text = json.dumps({"devices": found.devices,
+                           "not_granted": [scope for scope, _ in found.not_granted],
+                           "fetched_at": int(found.fetched_at)}, indent=2)
+    else:
+        rows = [("NAME", "PRODUCT", "TYPE", "ID", "HOME")] + [
+            tuple(printable(v) for v in (d["name"] or "(unnamed)", d["product"], d["type"],
+                                         d["id"], d["home"] or ""))
+            for d in found.devices]
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        text = "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip()
+                         for row in rows)
+        text += "".join("\nnot granted: %s" % line for _, line in found.not_granted)
+    encoding = sys.stdout.encoding or "ascii"
+    sys.stdout.write(text.encode(encoding, "replace").decode(encoding) + "\n")
+    sys.stdout.flush()
+
+
+def printable(value):
+    """Return value without control characters, so a device name cannot drive the terminal."""
+    return "".join(c if c.isprintable() else "?" for c in value)
+
+
+def open_browser(url):
+    """Open url in the person's browser, or say there is none."""
+    import webbrowser
+    try:
+        opened = webbrowser.open(url)
+    except Exception:  # webbrowser can fail in many ways on a headless host
+        opened = False
+    if not opened:
+        sys.stderr.write("netatmo_stdlib: no browser to open here; open the address "
+                         "yourself\n")
+
+
 # ---- The command line ----------------------------------------------------------
 
 def main(argv=None, environ=None):
-    """Serve until Ctrl-C; return the exit status (2 for a bad setting)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                        stream=sys.stderr)
+    """Serve until Ctrl-C, or run --once; return the exit status (2: a bad setting)."""
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.WARNING if "--once" in argv else logging.INFO,
+                        format="%(asctime)s %(message)s", stream=sys.stderr)
     try:
-        config = read_config(sys.argv[1:] if argv is None else argv,
-                             os.environ if environ is None else environ)
+        config = read_config(argv, os.environ if environ is None else environ)
+        saved = config.token_file.load() if config.token_file else None
         try:
             server = Server(config)
         except (OSError, OverflowError) as e:
@@ -1275,12 +1627,14 @@ def main(argv=None, environ=None):
     except ConfigError as e:
         sys.stderr.write("netatmo_stdlib: error: %s\n" % e)
         return 2
-    open_host = "localhost" if config.host in ("", "0.0.0.0", "::") else config.host
-    if ":" in open_host:
-        open_host = "[%s]" % open_host
-    print("netatmo_stdlib: open http://%s:%d/ in a browser" % (open_host, config.port))
+    if config.once:
+        return run_once(config, server, saved)
+    url = config.local_url("/")
+    print("netatmo_stdlib: open %s in a browser" % url)
     print("netatmo_stdlib: the redirect URI to register at %s is %s"
           % (APPS_PAGE, config.redirect_uri), flush=True)
+    if config.open_browser:
+        open_browser(url)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -1294,4 +1648,4 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except KeyboardInterrupt:  # Ctrl-C before the server started
-        sys.exit(0)
+        sys.exit(130 if "--once" in sys.argv else 0)

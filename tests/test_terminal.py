@@ -1,0 +1,327 @@
+"""The terminal mode (--once, --json, --token-file), HTTPS serving and --open."""
+
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+
+from tests.fake_netatmo import TLS_CERT, TLS_KEY
+from tests.support import AppTestCase, Browser, CLIENT_ID, CLIENT_SECRET, ROOT
+
+PROGRAM = os.path.join(ROOT, "netatmo_stdlib.py")
+
+
+class OnceRun(object):
+    """netatmo_stdlib --once in a child process, against the test's fake cloud."""
+
+    def __init__(self, test, *args, **env):
+        self.test = test
+        environment = dict(os.environ, NETATMO_CLIENT_ID=CLIENT_ID,
+                           NETATMO_CLIENT_SECRET=CLIENT_SECRET)
+        environment.update(env)
+        self.process = subprocess.Popen(
+            [sys.executable, PROGRAM, "--once", "--port", "0", "--api-url", test.fake.url,
+             "--cache-seconds", "0"] + list(args),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            universal_newlines=True, env=environment)
+        test.addCleanup(self.kill)
+
+    def wait_for_login_url(self, register=True):
+        """Read the two lines --once prints at start; return the URL to open."""
+        first = self.process.stderr.readline()
+        second = self.process.stderr.readline()
+        match = re.search(r"open (\S+) in a browser", first)
+        self.test.assertIsNotNone(match, first + second)
+        if register:
+            self.test.fake.register_redirect_uri(second.split()[-1])
+        return match.group(1)
+
+    def finish(self):
+        """Wait for the end; return (exit status, stdout, the rest of stderr)."""
+        out, err = self.process.communicate(timeout=30)
+        return self.process.returncode, out, err
+
+    def kill(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()
+
+
+class OnceTest(AppTestCase):
+
+    def login_in_browser(self, run, user="alice"):
+        url = run.wait_for_login_url()
+        return Browser().follow(url, approve_as=user)
+
+    def test_prints_the_devices_as_a_table_and_the_tab_says_so(self):
+        run = OnceRun(self)
+        hops = self.login_in_browser(run)
+        self.assertEqual(hops[-1].status, 200)
+        self.assertIn("The terminal has the list of your 73 devices", hops[-1].text)
+        status, out, err = run.finish()
+        self.assertEqual(status, 0, err)
+        lines = out.splitlines()
+        self.assertEqual(lines[0].split(), ["NAME", "PRODUCT", "TYPE", "ID", "HOME"])
+        self.assertEqual(len(lines), 74)
+        column = lines[0].index("PRODUCT")
+        self.assertTrue(any(line.startswith("Villa") and line[column:].startswith(
+            "Weather Station") for line in lines))
+        self.assertNotIn("Traceback", err)
+
+    def test_json_output_is_the_same_as_devices_json(self):
+        run = OnceRun(self, "--json")
+        self.login_in_browser(run, "carol")
+        status, out, err = run.finish()
+        self.assertEqual(status, 0, err)
+        answer = json.loads(out)
+        self.assertEqual(set(answer), {"devices", "not_granted", "fetched_at"})
+        self.assertEqual(len(answer["devices"]), 9)
+
+    def test_device_names_cannot_drive_the_terminal(self):
+        run = OnceRun(self)
+        self.login_in_browser(run, "bob")
+        status, out, _ = run.finish()
+        self.assertEqual(status, 0)
+        self.assertIn("Mystery??box", out)
+        self.assertNotIn("\r", out)
+
+    def test_declined_exits_1(self):
+        run = OnceRun(self)
+        hops = self.login_in_browser(run, "deny")
+        self.assertEqual(hops[-1].status, 403)
+        status, out, err = run.finish()
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn("You declined", err)
+
+    def test_wrong_secret_is_a_bad_setting_exit_2(self):
+        self.fake.clients[CLIENT_ID] = "another"
+        run = OnceRun(self)
+        self.login_in_browser(run)
+        status, _, err = run.finish()
+        self.assertEqual(status, 2)
+        self.assertIn("client id or client secret is wrong", err)
+
+    def test_redirect_uri_mismatch_exit_2(self):
+        run = OnceRun(self)
+        url = run.wait_for_login_url(register=False)
+        Browser().follow(url, approve_as="alice")
+        status, _, err = run.finish()
+        self.assertEqual(status, 2)
+        self.assertIn("redirect_uri_mismatch", err)
+
+    def test_no_login_within_wait_exits_3(self):
+        run = OnceRun(self, "--wait", "0.5")
+        run.wait_for_login_url()
+        status, _, err = run.finish()
+        self.assertEqual(status, 3)
+        self.assertIn("no login was completed within 0.5 s", err)
+
+    def test_netatmo_failing_exits_4(self):
+        for kind in ("500_html", "rate_limit"):
+            with self.subTest(kind=kind):
+                self.fake.fail("/oauth2/token", kind)
+                run = OnceRun(self)
+                self.login_in_browser(run)
+                status, _, err = run.finish()
+                self.assertEqual(status, 4, err)
+                self.assertEqual(len(err.strip().splitlines()), 1, err)
+
+    def test_a_forged_callback_does_not_end_the_wait(self):
+        run = OnceRun(self)
+        url = run.wait_for_login_url()
+        Browser().get(url.replace("/login", "/authenticate?code=x&state=y"))
+        hops = Browser().follow(url, approve_as="alice")
+        self.assertEqual(hops[-1].status, 200)
+        self.assertEqual(run.finish()[0], 0)
+
+    def test_ctrl_c_exits_130(self):
+        run = OnceRun(self)
+        run.wait_for_login_url()
+        run.process.send_signal(signal.SIGINT)
+        status, _, err = run.finish()
+        self.assertEqual(status, 130)
+        self.assertNotIn("Traceback", err)
+
+    def test_terminal_flags_need_once(self):
+        for flag in (["--json"], ["--wait", "5"], ["--no-browser"]):
+            with self.subTest(flag=flag):
+                process = subprocess.run(
+                    [sys.executable, PROGRAM] + flag, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, universal_newlines=True,
+                    env=dict(os.environ, NETATMO_CLIENT_ID="i", NETATMO_CLIENT_SECRET="s"))
+                self.assertEqual(process.returncode, 2)
+                self.assertIn("works with --once only", process.stderr)
+
+
+class TokenFileTest(AppTestCase):
+
+    def setUp(self):
+        AppTestCase.setUp(self)
+        folder = tempfile.mkdtemp()
+        self.addCleanup(lambda: subprocess.call(["rm", "-rf", folder]))
+        self.path = os.path.join(folder, "netatmo-tokens.json")
+
+    def saved(self):
+        with open(self.path) as f:
+            return json.load(f)
+
+    def browser_login(self, *args):
+        run = OnceRun(self, "--token-file", self.path, *args)
+        url = run.wait_for_login_url()
+        Browser().follow(url, approve_as="alice")
+        return run.finish()
+
+    def test_login_writes_the_tokens_readable_by_the_owner_only(self):
+        status, _, err = self.browser_login()
+        self.assertEqual(status, 0, err)
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
+        saved = self.saved()
+        self.assertEqual(set(saved), {"access_token", "refresh_token", "expires_at", "scope"})
+        self.assertIn(saved["refresh_token"], self.fake.refresh_tokens)
+        self.assertGreater(saved["expires_at"], 1e9)
+        self.assertEqual(os.listdir(os.path.dirname(self.path)), ["netatmo-tokens.json"])
+
+    def test_second_run_refreshes_without_a_browser_and_saves_the_rotated_pair(self):
+        self.browser_login()
+        old = self.saved()["refresh_token"]
+        run = OnceRun(self, "--token-file", self.path, "--json")
+        status, out, err = run.finish()
+        self.assertEqual(status, 0, err)
+        self.assertEqual(err, "")  # no URL to open: no browser needed
+        self.assertEqual(len(json.loads(out)["devices"]), 73)
+        new = self.saved()["refresh_token"]
+        self.assertNotEqual(new, old)
+        self.assertIn(old, self.fake.retired_refresh_tokens)  # dead at Netatmo
+        self.assertIn(new, self.fake.refresh_tokens)
+        self.assertEqual(len(self.fake.requests_to("/oauth2/authorize")), 1)
+
+    def test_rotated_pair_is_saved_before_the_device_calls_can_fail(self):
+        self.browser_login()
+        old = self.saved()["refresh_token"]
+        self.fake.fail("/api/homesdata", "500_html")
+        status, _, err = OnceRun(self, "--token-file", self.path).finish()
+        self.assertEqual(status, 4, err)
+        self.assertIn(self.saved()["refresh_token"], self.fake.refresh_tokens)
+        self.assertNotEqual(self.saved()["refresh_token"], old)
+
+    def test_refresh_token_used_elsewhere(self):
+        self.browser_login()
+        with self.fake.lock:  # another program used it: Netatmo retired it
+            token = self.saved()["refresh_token"]
+            self.fake.refresh_tokens.pop(token)
+            self.fake.retired_refresh_tokens.add(token)
+        status, out, err = OnceRun(self, "--token-file", self.path, "--no-browser").finish()
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn("expired or was used elsewhere", err)
+        # Without --no-browser, it falls back to a login in the browser.
+        run = OnceRun(self, "--token-file", self.path)
+        self.assertIn("expired or was used elsewhere", run.process.stderr.readline())
+        Browser().follow(run.wait_for_login_url(), approve_as="alice")
+        self.assertEqual(run.finish()[0], 0)
+        self.assertIn(self.saved()["refresh_token"], self.fake.refresh_tokens)
+
+    def test_no_saved_login_and_no_browser_exits_1(self):
+        status, _, err = OnceRun(self, "--token-file", self.path, "--no-browser").finish()
+        self.assertEqual(status, 1)
+        self.assertIn("no saved login", err)
+
+    def assertRefused(self, content, mode, words):
+        with open(self.path, "w") as f:
+            f.write(content)
+        os.chmod(self.path, mode)
+        status, _, err = OnceRun(self, "--token-file", self.path).finish()
+        self.assertEqual(status, 2, err)
+        self.assertIn(words, err)
+        with open(self.path) as f:
+            self.assertEqual(f.read(), content)  # left as it was
+
+    def test_corrupt_file_is_refused_and_kept(self):
+        self.assertRefused('{"access_token": "x", "refr', 0o600, "corrupt")
+
+    def test_someone_elses_file_is_not_overwritten(self):
+        self.assertRefused("export PATH=/usr/bin\n", 0o600, "not a token file")
+        self.assertRefused('{"name": "something else"}', 0o600, "not a token file")
+
+    def test_file_readable_by_others_is_refused(self):
+        content = json.dumps({"access_token": "a", "refresh_token": "r", "expires_at": 1,
+                              "scope": []})
+        self.assertRefused(content, 0o644, "chmod 600")
+
+    def test_unreadable_or_unwritable(self):
+        status, _, err = OnceRun(self, "--token-file", "/nonexistent/dir/t.json").finish()
+        self.assertEqual(status, 2)
+        self.assertIn("not writable", err)
+
+    def test_symlink_planted_at_the_temporary_name_is_not_followed(self):
+        victim = self.path + ".victim"
+        with open(victim, "w") as f:
+            f.write("precious")
+        os.symlink(victim, self.path + ".tmp")
+        status, _, err = self.browser_login()
+        self.assertEqual(status, 0, err)
+        with open(victim) as f:
+            self.assertEqual(f.read(), "precious")
+        self.assertIn(self.saved()["refresh_token"], self.fake.refresh_tokens)
+        self.assertFalse(os.path.islink(self.path))
+
+    def test_web_mode_saves_at_login_and_after_each_refresh(self):
+        server = self.start_app(token_file=self.path)
+        url = "http://127.0.0.1:%d" % server.server_address[1]
+        browser = Browser()
+        self.assertEqual(browser.follow(url + "/login", approve_as="alice")[-1].status, 200)
+        first = self.saved()["refresh_token"]
+        browser.post(url + "/refresh")
+        self.assertNotEqual(self.saved()["refresh_token"], first)
+        self.assertIn(self.saved()["refresh_token"], self.fake.refresh_tokens)
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
+
+
+class HttpsTest(AppTestCase):
+
+    def test_https_serving_with_a_secure_cookie(self):
+        server = self.start_app(certfile=TLS_CERT, keyfile=TLS_KEY)
+        self.assertTrue(server.config.redirect_uri.startswith("https://127.0.0.1:"))
+        url = "https://127.0.0.1:%d" % server.server_address[1]
+        browser = Browser()
+        hops = browser.follow(url + "/login", approve_as="alice")
+        self.assertEqual(hops[-1].status, 200)
+        self.assertIn("Villa", hops[-1].text)
+        for header in browser.set_cookies:
+            self.assertIn("Secure", [a.strip() for a in header.split(";")])
+
+    def test_plain_http_to_the_https_port_is_closed_quietly(self):
+        server = self.start_app(certfile=TLS_CERT, keyfile=TLS_KEY)
+        with self.assertRaises(Exception):
+            Browser().get("http://127.0.0.1:%d/healthz" % server.server_address[1])
+        https = Browser().get("https://127.0.0.1:%d/healthz" % server.server_address[1])
+        self.assertEqual(https.status, 200)
+        self.assertNoTraceback()
+
+    def test_bad_certificate_files_are_a_bad_setting(self):
+        process = subprocess.run(
+            [sys.executable, PROGRAM, "--port", "0", "--certfile", TLS_KEY, "--keyfile",
+             TLS_CERT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            universal_newlines=True,
+            env=dict(os.environ, NETATMO_CLIENT_ID="i", NETATMO_CLIENT_SECRET="s"))
+        self.assertEqual(process.returncode, 2)
+        self.assertIn("--certfile", process.stderr)
+        self.assertEqual(len(process.stderr.strip().splitlines()), 1)
+
+
+class OpenTest(AppTestCase):
+
+    def test_open_hands_the_address_to_the_browser(self):
+        record = tempfile.mktemp()
+        self.addCleanup(lambda: os.path.exists(record) and os.remove(record))
+        browser = "%s -c \"import sys; open('%s', 'w').write(sys.argv[1])\" %%s" % (
+            sys.executable, record)
+        run = OnceRun(self, "--open", "--wait", "30", BROWSER=browser)
+        url = run.wait_for_login_url()
+        Browser().follow(url, approve_as="alice")
+        self.assertEqual(run.finish()[0], 0)
+        with open(record) as f:
+            self.assertEqual(f.read(), url)
