@@ -96,7 +96,7 @@ class Config(object):
                  redirect_uri=None, scopes=DEFAULT_SCOPES, api_url=DEFAULT_API_URL,
                  timeout=10.0, cache_seconds=30.0, once=False, json_output=False,
                  wait=300.0, token_file=None, no_browser=False, open_browser=False,
-                 certfile=None, keyfile=None):
+                 certfile=None, keyfile=None, client_timeout=30.0):
         self.client_id = client_id
         self.client_secret = client_secret
         self.host = host
@@ -113,6 +113,7 @@ class Config(object):
         self.open_browser = open_browser
         self.certfile = certfile          # serve https with this certificate and key
         self.keyfile = keyfile
+        self.client_timeout = client_timeout  # a browser's request must arrive within this
         self.redirect_uri = redirect_uri or self.default_redirect_uri()
 
     def default_redirect_uri(self):
@@ -201,6 +202,9 @@ exit status: 0 done, 1 declined or login failed, 2 bad setting, 3 --wait ran out
         "NETATMO_TIMEOUT, default 10)")
     add("--cache-seconds", help="seconds a fetched device list is shown again without "
         "asking Netatmo; 0 turns the cache off (env NETATMO_CACHE_SECONDS, default 30)")
+    add("--client-timeout", metavar="SECONDS", help="close a connection whose request "
+        "does not arrive within this long, idle or slow (env NETATMO_CLIENT_TIMEOUT, "
+        "default 30)")
     add("--certfile", metavar="PATH", help="serve https with this certificate (PEM); "
         "needs --keyfile")
     add("--keyfile", metavar="PATH", help="the private key of --certfile (PEM)")
@@ -284,6 +288,15 @@ def read_config(argv, environ):
             raise ConfigError("bad redirect URI %r: it must end in /authenticate, the path "
                               "this program answers on; fix --redirect-uri or "
                               "NETATMO_REDIRECT_URI" % redirect_uri)
+    client_timeout_text = setting(args.client_timeout, "NETATMO_CLIENT_TIMEOUT", default="30")
+    try:
+        client_timeout = float(client_timeout_text)
+        if not 0 < client_timeout <= 3600:
+            raise ValueError
+    except ValueError:
+        raise ConfigError("bad client timeout %r: pass --client-timeout or set "
+                          "NETATMO_CLIENT_TIMEOUT to a number of seconds up to 3600"
+                          % client_timeout_text)
     wait_text = args.wait if args.wait is not None else "300"
     try:
         wait = float(wait_text)
@@ -299,7 +312,8 @@ def read_config(argv, environ):
             raise ConfigError("%s works with --once only" % flag)
     config = Config(client_id.strip(), client_secret, host, port, redirect_uri, scopes,
                     api_url, timeout, cache_seconds, args.once, args.json, wait,
-                    args.token_file, args.no_browser, args.open, args.certfile, args.keyfile)
+                    args.token_file, args.no_browser, args.open, args.certfile, args.keyfile,
+                    client_timeout)
     if config.token_file:
         config.token_file.check_writable()
     return config
@@ -366,7 +380,7 @@ class NetatmoError(Exception):
 
 # Tokens are replaced as a whole, never field by field: a thread that reads
 # `session.tokens` sees either the old pair or the new one, not a mix.
-Tokens = namedtuple("Tokens", "access_token refresh_token expires_at scope")
+Tokens = namedtuple("Tokens", "access_token refresh_token expires_at scope lifetime")
 
 
 class NetatmoClient(object):
@@ -446,7 +460,8 @@ class NetatmoClient(object):
         if not isinstance(scope, list):
             scope = self.config.scopes.split()
         return Tokens(str(answer["access_token"]), str(answer["refresh_token"]),
-                      expires_at, [str(s) for s in scope])
+                      expires_at, [str(s) for s in scope],
+                      None if expires_at is None else float(lifetime))
 
     def api_get(self, name, access_token):
         """Return the `body` of GET /api/<name>, authorized by the access token."""
@@ -591,9 +606,10 @@ def devices_of(bodies):
 
 class PendingLogin(object):
     """A login between steps (a) and (c): its state and PKCE verifier."""
-    __slots__ = ("state", "code_verifier", "created_at")
+    __slots__ = ("state", "code_verifier", "created_at", "client")
 
-    def __init__(self, now):
+    def __init__(self, now, client):
+        self.client = client                            # the address that asked
         self.state = secrets.token_urlsafe(32)          # 256 bits
         self.code_verifier = secrets.token_urlsafe(48)  # 64 characters, as RFC 7636 allows
         self.created_at = now
@@ -643,9 +659,16 @@ class Session(object):
             return cached
 
     def access_token(self, client):
-        """Return an access token that is good for at least refresh_margin seconds."""
+        """Return an access token that is good for at least refresh_margin seconds.
+
+        A token that lives less than twice the margin is refreshed at half its life,
+        not on every call.
+        """
         tokens = self.tokens
-        if tokens.expires_at is None or tokens.expires_at - time.time() > self.refresh_margin:
+        margin = self.refresh_margin
+        if tokens.lifetime is not None:
+            margin = min(margin, tokens.lifetime / 2)
+        if tokens.expires_at is None or tokens.expires_at - time.time() > margin:
             return tokens.access_token
         return self.refresh(client, tokens.access_token)
 
@@ -692,30 +715,51 @@ class SessionStore(object):
 
     pending_ttl = 10 * 60        # a login must come back from Netatmo within this
     session_ttl = 24 * 60 * 60   # a session unused for this long is forgotten
-    max_pending = 10000          # a flood of /login evicts the oldest pending login
+    max_pending = 10000             # pending logins in all, the oldest evicted first
+    max_pending_per_client = 1000   # pending logins of one address
 
     def __init__(self, clock=time.time):
         self.clock = clock
         self.lock = threading.Lock()
         self.pending = OrderedDict()  # oldest first
+        self.pending_count = {}       # client address -> its pending logins
         self.sessions = {}
         self.next_sweep = 0
 
-    def start_login(self):
-        """Return (cookie value, PendingLogin) for a new login (step a)."""
+    def start_login(self, client):
+        """Return (cookie value, PendingLogin) for a new login of a client (step a).
+
+        A flood of /login from one address evicts that address's own oldest pending
+        logins, not those of the people who are at Netatmo's page right now.
+        """
         now = self.clock()
-        login = PendingLogin(now)
+        login = PendingLogin(now, client)
         sid = secrets.token_urlsafe(32)
         with self.lock:
             self.pending[sid] = login
+            self.pending_count[client] = self.pending_count.get(client, 0) + 1
+            if self.pending_count[client] > self.max_pending_per_client:
+                oldest = next(s for s, x in self.pending.items() if x.client == client)
+                self.forget_pending(oldest)
             while len(self.pending) > self.max_pending:
-                self.pending.popitem(last=False)
+                self.forget_pending(next(iter(self.pending)))
         return sid, login
+
+    def forget_pending(self, sid):
+        """Drop a pending login, if there; the caller holds the lock. Return it."""
+        login = self.pending.pop(sid, None)
+        if login is not None:
+            left = self.pending_count[login.client] - 1
+            if left:
+                self.pending_count[login.client] = left
+            else:
+                del self.pending_count[login.client]
+        return login
 
     def take_login(self, sid):
         """Remove and return the pending login of this cookie, if it is still valid."""
         with self.lock:
-            login = self.pending.pop(sid, None)
+            login = self.forget_pending(sid)
         if login is None or self.clock() - login.created_at > self.pending_ttl:
             return None
         return login
@@ -747,7 +791,7 @@ class SessionStore(object):
         """Forget the session or pending login of this cookie value."""
         with self.lock:
             self.sessions.pop(sid, None)
-            self.pending.pop(sid, None)
+            self.forget_pending(sid)
 
     def sweep(self, now):
         """Drop expired entries, at most once a minute; the caller holds the lock."""
@@ -761,7 +805,7 @@ class SessionStore(object):
             sid, login = next(iter(self.pending.items()))
             if now - login.created_at <= self.pending_ttl:
                 break
-            del self.pending[sid]
+            self.forget_pending(sid)
 
 
 def fetch_device_list(session, client, requested_scopes):
@@ -856,7 +900,7 @@ class TokenFile(object):
             return None
         return Tokens(str(saved["access_token"]), saved["refresh_token"],
                       saved["expires_at"] if isinstance(saved["expires_at"], (int, float))
-                      else None, [str(s) for s in saved["scope"] or []])
+                      else None, [str(s) for s in saved["scope"] or []], None)
 
     def save(self, tokens):
         """Write tokens to the file atomically, readable by its owner only.
@@ -865,7 +909,8 @@ class TokenFile(object):
         symlink (one planted there is removed, not followed), then renamed over PATH:
         a reader sees the old file or the new one, never half of one.
         """
-        content = json.dumps(dict(zip(self.fields, tokens)), indent=2).encode("utf-8")
+        content = json.dumps({field: getattr(tokens, field) for field in self.fields},
+                             indent=2).encode("utf-8")
         temporary = self.path + ".tmp"
         try:
             os.unlink(temporary)  # a leftover, or a planted link: unlink never follows
@@ -1053,7 +1098,6 @@ class Handler(BaseHTTPRequestHandler):
     default_request_version = "HTTP/1.0"  # even an unreadable request gets a status line
     server_version = "netatmo_stdlib/" + __version__
     max_body = 64 * 1024
-    timeout = 30                    # seconds a silent client may hold a connection
     # http.server writes the headers and the body in two small packets; with Nagle's
     # algorithm the second waits for the client's delayed ACK: 40 ms on every answer.
     disable_nagle_algorithm = True
@@ -1070,6 +1114,25 @@ class Handler(BaseHTTPRequestHandler):
         "/healthz": {"GET": "healthz"},
     }
 
+    def setup(self):
+        """Give every read and write on this connection --client-timeout seconds."""
+        self.timeout = self.server.config.client_timeout
+        BaseHTTPRequestHandler.setup(self)
+
+    def handle_one_request(self):
+        """Read and answer one request, whose head must arrive within --client-timeout.
+
+        The socket timeout alone would let a client that sends one byte a second hold
+        the connection (and its thread) for ever: the server's deadline does not.
+        """
+        self.server.watch(self.connection)
+        BaseHTTPRequestHandler.handle_one_request(self)
+
+    def finish(self):
+        """Stop watching the connection's deadline, and close it."""
+        self.server.unwatch(self.connection)
+        BaseHTTPRequestHandler.finish(self)
+
     def dispatch(self):
         """Answer a request of any method through the route table."""
         path = self.path.split("?", 1)[0]
@@ -1077,6 +1140,7 @@ class Handler(BaseHTTPRequestHandler):
         methods = self.routes.get(path)
         try:
             self.read_body()
+            self.server.unwatch(self.connection)  # the request is in: no deadline now
             if methods is None:
                 raise PageError(404, "Page not found", "There is nothing at this address.")
             name = methods.get("GET" if self.command == "HEAD" else self.command)
@@ -1125,7 +1189,7 @@ class Handler(BaseHTTPRequestHandler):
         # (a) Receive the authorization request: a new pending login and its cookie.
         for old_sid in self.cookie_values():
             self.server.sessions.delete(old_sid)  # a new login replaces the old one
-        sid, login = self.server.sessions.start_login()
+        sid, login = self.server.sessions.start_login(self.client_address[0])
         # (b) Redirect the browser to Netatmo's consent page.
         location = self.server.netatmo.authorize_url(login.state, login.code_challenge)
         self.redirect(302, location, cookie=sid)
@@ -1406,6 +1470,43 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
         self.tls = tls_context(config) if config.certfile else None
         self.token_lock = threading.Lock()
         self.token_owner = None  # the session whose tokens --token-file holds
+        self.deadlines = {}      # connection -> when its request must have arrived
+        self.deadlines_lock = threading.Lock()
+        self.next_reaping = 0
+
+    def watch(self, connection):
+        """Start the clock: the next request on this connection has --client-timeout."""
+        with self.deadlines_lock:
+            self.deadlines[connection] = time.time() + self.config.client_timeout
+
+    def unwatch(self, connection):
+        """Stop the clock of this connection."""
+        with self.deadlines_lock:
+            self.deadlines.pop(connection, None)
+
+    def service_actions(self):
+        """Between two polls of serve_forever: cut off connections past their deadline."""
+        now = time.time()
+        if now < self.next_reaping:
+            return
+        self.next_reaping = now + 0.25
+        with self.deadlines_lock:
+            overdue = [c for c, deadline in self.deadlines.items() if deadline < now]
+            for connection in overdue:
+                del self.deadlines[connection]
+        for connection in overdue:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)  # its thread reads the end, and ends
+            except OSError:
+                pass
+
+    def handle_error(self, request, client_address):
+        """Log a connection that failed: one line if the client vanished, else the bug."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            log.info("%s connection ended: %s", client_address[0], error)
+        else:
+            log.exception("internal error serving %s", client_address[0])
 
     def keep_tokens(self, session):
         """--token-file: save this session's tokens now, and after each of its refreshes.
@@ -1432,7 +1533,7 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
         if self.tls is None:
             HTTPServer.finish_request(self, request, client_address)
             return
-        request.settimeout(Handler.timeout)
+        request.settimeout(self.config.client_timeout)
         try:
             request = self.tls.wrap_socket(request, server_side=True)
         except (OSError, ValueError):  # not TLS, or no handshake in time: just close

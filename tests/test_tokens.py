@@ -1,6 +1,9 @@
 """Token lifetime: refresh before expiry, after code 2 or 3, once at a time, rotated."""
 
+import calendar
+import re
 import threading
+import time
 import urllib.parse
 import urllib.request
 
@@ -58,10 +61,13 @@ class RefreshTest(AppTestCase):
         self.assertEqual(self.refreshes(), 1)
 
     def test_retry_happens_once_only(self):
-        browser, _ = self.login("alice")
+        server = self.start_app(scopes="read_thermostat")  # one endpoint: one thread
+        url = "http://127.0.0.1:%d" % server.server_address[1]
+        browser = Browser()
+        self.assertEqual(browser.follow(url + "/login", approve_as="alice")[-1].status, 200)
         self.fake.expires_in = -1  # every new token is born expired
         self.fake.expire_access_tokens()
-        response = browser.get(self.url + "/devices.json")
+        response = browser.get(url + "/devices.json")
         self.assertEqual(response.status, 502)
         self.assertIn("code 3", response.json()["message"])
         self.assertEqual(self.refreshes(), 1)
@@ -137,9 +143,19 @@ class LifetimeTest(AppTestCase):
 
     def test_expire_in_is_read_when_expires_in_is_missing(self):
         self.fake.lifetime_fields = ("expire_in",)
-        self.fake.expires_in = 30  # under the 60 s margin: refreshed before the next call
+        self.fake.expires_in = 7200
         browser, _ = self.login("alice")
-        self.assertEqual(len(self.fake.token_requests("refresh_token")), 1)
+        page = browser.get(self.url + "/").text
+        shown = re.search(r"valid until: (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC", page)
+        expiry = calendar.timegm(time.strptime(shown.group(1), "%Y-%m-%d %H:%M:%S"))
+        self.assertAlmostEqual(expiry, time.time() + 7200, delta=60)
+
+    def test_short_lived_token_is_refreshed_at_half_its_life_not_on_every_call(self):
+        self.fake.expires_in = 30  # under the 60 s margin
+        browser, _ = self.login("alice")
+        for _ in range(3):
+            self.assertEqual(browser.get(self.url + "/devices.json").status, 200)
+        self.assertEqual(len(self.fake.token_requests("refresh_token")), 0)
 
     def test_no_lifetime_at_all_shows_unknown_and_relies_on_code_3(self):
         self.fake.lifetime_fields = ()
