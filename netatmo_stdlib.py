@@ -729,8 +729,8 @@ class SessionStore(object):
     def start_login(self, client):
         """Return (cookie value, PendingLogin) for a new login of a client (step a).
 
-        A flood of /login from one address evicts that address's own oldest pending
-        logins, not those of the people who are at Netatmo's page right now.
+        A flood of /login evicts the flood's own oldest pending logins, not those of
+        the people who are at Netatmo's page right now.
         """
         now = self.clock()
         login = PendingLogin(now, client)
@@ -741,9 +741,20 @@ class SessionStore(object):
             if self.pending_count[client] > self.max_pending_per_client:
                 oldest = next(s for s, x in self.pending.items() if x.client == client)
                 self.forget_pending(oldest)
-            while len(self.pending) > self.max_pending:
-                self.forget_pending(next(iter(self.pending)))
+            if len(self.pending) > self.max_pending:
+                self.forget_pending(self.evictable())
         return sid, login
+
+    def evictable(self):
+        """Return the pending login to drop when the store is full; the lock is held.
+
+        The oldest of an address that has several (a flood), not a person's single
+        pending login; only if every address has one, the oldest of all.
+        """
+        for sid, login in self.pending.items():
+            if self.pending_count[login.client] > 1:
+                return sid
+        return next(iter(self.pending))
 
     def forget_pending(self, sid):
         """Drop a pending login, if there; the caller holds the lock. Return it."""
@@ -1163,7 +1174,17 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error_page(PageError(500, "Internal error", "Something went wrong "
                                            "in this program; its log says what."))
 
-    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = dispatch
+    do_GET = do_HEAD = do_POST = dispatch
+
+    def __getattr__(self, name):
+        """Answer every other method (PUT, TRACE, BREW...) through dispatch too.
+
+        http.server answers a method without a do_ method with 501; ours answers 405
+        with the Allow header of the path, or 404, which tells the client more.
+        """
+        if name.startswith("do_"):
+            return self.dispatch
+        raise AttributeError(name)
 
     def dispatch_error(self, error):
         """Answer with the error's page; with --once, an error that ends the run ends it."""

@@ -210,7 +210,7 @@ class FakeNetatmo(object):
         Kinds: "500_html", "non_json", "reset", "hang", "slow", "no_body", "no_token",
         "rate_limit" (429 code 26), "rate_limit_403" (the older 403 code 26),
         "too_many_connections", "invalid_grant", "invalid_client", "scope" (403 code 13),
-        "redirect" (302 to /elsewhere).
+        "redirect" (302 to /elsewhere), or ("body", value): a 200 envelope holding value.
         """
         with self.lock:
             self.faults.append([path, kind, times])
@@ -486,6 +486,9 @@ class FakeHandler(BaseHTTPRequestHandler):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                        struct.pack("ii", 1, 0))
             self.close_connection = True
+            return True
+        if isinstance(kind, tuple) and kind[0] == "body":
+            self.answer_json(200, {"body": kind[1], "status": "ok", "time_server": 1559171003})
             return True
         if kind == "redirect":
             self.answer(302, b"", "text/plain", {"Location": fake.url + "/elsewhere"})

@@ -15,7 +15,10 @@ def main(argv):
     suite = loader.loadTestsFromNames(argv) if argv else \
         loader.discover(HERE, pattern="test_*.py", top_level_dir=root)
     result = unittest.TextTestRunner(verbosity=1).run(suite)
-    failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
+    # A test whose subtests failed counts once.
+    failed = len({getattr(test, "test_case", test).id()
+                  for test, _ in result.failures + result.errors})
+    failed += len(result.unexpectedSuccesses)
     skipped = len(result.skipped)
     passed = result.testsRun - failed - skipped
     print("%d passed, %d failed, %d skipped" % (passed, failed, skipped))

@@ -203,7 +203,7 @@ class UnparseableRequestTest(AppTestCase):
         port = self.server.server_address[1]
         cases = [(b"GARBAGE\r\n\r\n", b"400"),
                  (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", b"414"),
-                 (b"BREW /?<script>x HTTP/1.1\r\nHost: x\r\n\r\n", b"501")]
+                 (b"GET / HTTP/2.0\r\n\r\n", b"505")]
         for data, status in cases:
             with self.subTest(status=status):
                 answer = raw_exchange(port, data)
@@ -214,6 +214,14 @@ class UnparseableRequestTest(AppTestCase):
                 self.assertNotIn(b"<script>", body)
                 self.assertNotIn(b"aaaa", body)
         self.assertNoTraceback()
+
+    def test_any_method_on_a_known_path_is_a_405_with_allow(self):
+        port = self.server.server_address[1]
+        answer = raw_exchange(port, b"BREW /?<script>x HTTP/1.1\r\nHost: x\r\n"
+                                    b"Connection: close\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 405"), answer[:100])
+        self.assertIn(b"\r\nAllow: GET, HEAD\r\n", answer)
+        self.assertNotIn(b"<script>x", answer)
 
 
 class NetatmoConnectionTest(AppTestCase):
