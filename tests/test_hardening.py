@@ -162,6 +162,17 @@ class FloodTest(AppTestCase):
         self.assertEqual(len(store.pending), 300)
         self.assertEqual(sum(store.pending_count.values()), 300)
 
+    def test_a_flood_from_many_addresses_spares_a_persons_single_login(self):
+        store = self.server.sessions
+        store.max_pending, store.max_pending_per_client = 300, 100
+        browser = Browser()
+        authorize = browser.get(self.url + "/login").location
+        for last in range(2, 12):
+            self.flood_from("127.0.0.%d" % last, 100)  # 1,000 in all, 100 per address
+        self.assertEqual(len(store.pending), 300)
+        back = browser.get(authorize, headers={"X-Fake-Approve": "alice"}).location
+        self.assertEqual(browser.follow(back)[-1].status, 200)
+
 
 class NetatmoFaultsTest(AppTestCase):
     """Netatmo misbehaving at each step: a clear page, the right status, never a 500."""
@@ -237,14 +248,3 @@ class NetatmoFaultsTest(AppTestCase):
         page = browser.get(self.url + "/devices").text
         self.assertIn("<td>unknown</td>", page)
         self.assertNoTraceback()
-
-    def test_a_flood_from_many_addresses_spares_a_persons_single_login(self):
-        store = self.server.sessions
-        store.max_pending, store.max_pending_per_client = 300, 100
-        browser = Browser()
-        authorize = browser.get(self.url + "/login").location
-        for last in range(2, 12):
-            self.flood_from("127.0.0.%d" % last, 100)  # 1,000 in all, 100 per address
-        self.assertEqual(len(store.pending), 300)
-        back = browser.get(authorize, headers={"X-Fake-Approve": "alice"}).location
-        self.assertEqual(browser.follow(back)[-1].status, 200)
