@@ -700,14 +700,36 @@ class Session(object):
             return self.tokens.access_token
 
     def api_get(self, client, name):
-        """Return the body of /api/<name>, refreshing and retrying once on code 2 or 3."""
+        """Return the body of /api/<name>; on code 2 or 3, refresh once and retry.
+
+        Netatmo kills the old access token at each refresh, so under load a call can
+        be refused because another request of this session rotated the tokens while
+        it was on its way. Such a call is retried with the new token, without a
+        refresh of its own. A call refused with the current token refreshes once; again
+        only if that token has lived its whole life while the call waited (a token
+        Netatmo sends already expired does not make us refresh in a loop).
+        """
         access_token = self.access_token(client)
-        try:
-            return client.api_get(name, access_token)
-        except NetatmoError as e:
-            if e.code not in (2, 3):  # 2: invalid token, 3: expired token
-                raise
-        return client.api_get(name, self.refresh(client, access_token))
+        refreshed = False
+        for attempts_left in reversed(range(5)):
+            try:
+                return client.api_get(name, access_token)
+            except NetatmoError as error:
+                if error.code not in (2, 3) or attempts_left == 0:  # 2 invalid, 3 expired
+                    raise
+                tokens = self.tokens
+                if tokens.access_token != access_token:
+                    access_token = tokens.access_token  # rotated meanwhile: retry
+                elif refreshed and not outlived(tokens):
+                    raise
+                else:
+                    access_token = self.refresh(client, access_token)
+                    refreshed = True
+
+
+def outlived(tokens):
+    """Return True if a token with a real lifetime has reached its expiry by our clock."""
+    return bool(tokens.lifetime and tokens.lifetime > 0 and time.time() >= tokens.expires_at)
 
 
 class SessionStore(object):

@@ -73,11 +73,12 @@ class Child(object):
 class Fake(Child):
     """The fake Netatmo cloud, in its own process."""
 
-    def __init__(self):
+    def __init__(self, *options):
         self.port = free_port()
+        FAKE_PORT[0] = self.port
         Child.__init__(self, [os.path.join(HERE, "fake_netatmo.py"), "--port", str(self.port),
                               "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET,
-                              "--no-rate-limits"])
+                              "--no-rate-limits"] + list(options))
         self.url = "http://127.0.0.1:%d" % self.port
 
     def control(self, path, **form):
@@ -92,6 +93,9 @@ class Fake(Child):
 
     def api_calls(self):
         return self.control("stats")["api_calls"]
+
+    def stats(self):
+        return self.control("stats")
 
 
 class App(Child):
@@ -136,6 +140,11 @@ class Client(object):
         if set_cookie:
             self.cookie = set_cookie.split(";", 1)[0]
         return response.status, response, body
+
+    def get(self, url):
+        """GET url; return (status, body as text)."""
+        status, _, body = self.request("GET", url)
+        return status, body.decode("utf-8", "replace")
 
     def login(self, app, user, to_devices=False):
         """Log in as user: /login, the fake's authorize, /authenticate (then /devices)."""
@@ -379,7 +388,6 @@ def bench_memory_per_session(fake):
 def main():
     """Run every row and print the table; return 1 if anything failed."""
     fake = Fake()
-    FAKE_PORT[0] = fake.port
     print("netatmo_stdlib benchmark, Python %s, %d cores" % (sys.version.split()[0],
                                                            os.cpu_count()), flush=True)
     try:

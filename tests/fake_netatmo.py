@@ -454,7 +454,9 @@ class FakeHandler(BaseHTTPRequestHandler):
             self.answer_json(status, answer)
         elif path == "/_fake/stats":  # for the benchmark, which runs the fake apart
             with fake.lock:
-                self.answer_json(200, {"api_calls": fake.api_call_count})
+                self.answer_json(200, {
+                    "api_calls": fake.api_call_count, "refresh_reuse": fake.refresh_reuse,
+                    "refreshes": len(fake.retired_refresh_tokens)})
         elif path == "/_fake/register" and self.command == "POST":
             fake.register_redirect_uri(form["redirect_uri"])
             self.answer_json(200, {"registered": form["redirect_uri"]})
@@ -562,11 +564,14 @@ def main():
                         help="seconds added to every /api call")
     parser.add_argument("--no-rate-limits", action="store_true",
                         help="do not enforce Netatmo's per-user limits (benchmarks)")
+    parser.add_argument("--expires-in", type=int, default=10800,
+                        help="lifetime of the access tokens it issues, in seconds")
     args = parser.parse_args()
     fake = FakeNetatmo(args.client_id, args.client_secret)
     fake.register_redirect_uri(args.redirect_uri)
     fake.auto_approve = args.auto_approve
     fake.latency = args.latency
+    fake.expires_in = args.expires_in
     if args.no_rate_limits:
         fake.rate_limits = None
     fake.server = FakeServer(("127.0.0.1", args.port), FakeHandler)

@@ -127,7 +127,11 @@ class FloodTest(AppTestCase):
 
     def flood_from(self, address, count):
         """GET /login count times without cookies, from a loopback address of its own."""
-        port = self.server.server_address[1]
+        self.flood_login(self.server.server_address[1], address, count)
+
+    @staticmethod
+    def flood_login(port, address, count):
+        """GET /login count times on one kept-alive connection from address."""
         request = b"GET /login HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % port
         sock = socket.socket()
         sock.bind((address, 0))
