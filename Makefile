@@ -3,13 +3,20 @@ PYTHON ?= python3
 DEMO_PORT ?= 8000
 FAKE_PORT ?= 8001
 
-.PHONY: test test-all demo run bench
+.PHONY: test test-all test-stress test-browser demo run bench
 
 test:            ## the suite with python3
 	$(PYTHON) tests/run.py
 
 test-all:        ## the suite under every CPython 3.6-3.13 found
 	bash tests/test_all.sh
+
+test-stress:     ## the long runs: 100,000 logins, 200 slow clients, rotation under load
+	$(PYTHON) tests/run.py tests.stress_test
+
+test-browser:    ## the flow in headless Chromium (Debian package chromium)
+	@command -v chromium >/dev/null || { echo "test-browser: chromium is missing: apt-get install chromium"; exit 1; }
+	$(PYTHON) tests/run.py tests.browser_test
 
 demo:            ## the whole flow against a fake Netatmo cloud, no account needed
 	@trap 'kill $$fake 2>/dev/null' EXIT INT TERM; \

@@ -143,7 +143,9 @@ class FakeNetatmo(object):
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         # knobs
-        self.auto_approve = None       # a user name, or "deny": approve without a page
+        self.auto_approve = None       # a user name, or "deny": approve without a person
+        self.approve_from_page = False  # send the browser back from a page of ours, as
+        # Netatmo's consent page does (a cross-site navigation), not with a bare 302
         self.expires_in = 10800        # lifetime of access tokens, seconds
         self.code_ttl = 60             # lifetime of authorization codes, seconds
         self.latency = 0.0             # seconds added to every /api call
@@ -290,9 +292,13 @@ class FakeNetatmo(object):
         return self.back(redirect_uri, state=state, code=code)
 
     def back(self, redirect_uri, **params):
-        """Return a 302 to the redirect URI with these parameters."""
+        """Return the way back to the redirect URI with these parameters."""
         query = urllib.parse.urlencode([(k, v) for k, v in params.items() if v is not None])
         sep = "&" if "?" in redirect_uri else "?"
+        if self.approve_from_page:
+            return 200, {}, ('<!DOCTYPE html><html><head><meta http-equiv="refresh" '
+                             'content="0;url=%s"></head><body>Back to the app...</body>'
+                             '</html>' % html.escape(redirect_uri + sep + query)).encode()
         return 302, {"Location": redirect_uri + sep + query}, b""
 
     def token(self, form):
@@ -560,6 +566,8 @@ def main():
     parser.add_argument("--redirect-uri", default="http://127.0.0.1:8000/authenticate")
     parser.add_argument("--auto-approve", metavar="USER",
                         help="approve every login as USER, without the consent page")
+    parser.add_argument("--approve-from-page", action="store_true",
+                        help="send the browser back from a page, as Netatmo does")
     parser.add_argument("--latency", type=float, default=0.0,
                         help="seconds added to every /api call")
     parser.add_argument("--no-rate-limits", action="store_true",
@@ -570,6 +578,7 @@ def main():
     fake = FakeNetatmo(args.client_id, args.client_secret)
     fake.register_redirect_uri(args.redirect_uri)
     fake.auto_approve = args.auto_approve
+    fake.approve_from_page = args.approve_from_page
     fake.latency = args.latency
     fake.expires_in = args.expires_in
     if args.no_rate_limits:
