@@ -24,15 +24,18 @@ BUTTON_BLUE = (0x00, 0x66, 0xcc)  # .button and button: background #06c
 
 
 def chromium(*args):
-    """Run headless Chromium with a fresh profile; return its stdout."""
+    """Run headless Chromium with a fresh profile; return (exit status, stdout, stderr)."""
     profile = tempfile.mkdtemp()
     try:
-        return subprocess.run(
+        done = subprocess.run(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
              "--no-first-run", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--user-data-dir=" + profile,
-             "--virtual-time-budget=10000"] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120,
-            universal_newlines=True).stdout
+             "--virtual-time-budget=10000", "--run-all-compositor-stages-before-draw"]
+            + list(args),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120,
+            universal_newlines=True)
+        return done.returncode, done.stdout, "\n".join(done.stderr.splitlines()[-8:])
     finally:
         shutil.rmtree(profile, ignore_errors=True)
 
@@ -92,7 +95,8 @@ class BrowserTest(AppTestCase):
         os.makedirs(OUTPUT, exist_ok=True)
 
     def test_login_in_chromium_ends_on_the_device_list(self):
-        dom = chromium("--dump-dom", self.url + "/login")
+        status, dom, said = chromium("--dump-dom", self.url + "/login")
+        self.assertEqual(status, 0, said)
         for name in ("Your Netatmo devices", "73 devices", "MyStation", "Villa",
                      "Écocompteur"):
             self.assertIn(name, dom)
@@ -103,8 +107,9 @@ class BrowserTest(AppTestCase):
         screenshot = os.path.join(OUTPUT, "devices.png")
         if os.path.exists(screenshot):
             os.remove(screenshot)
-        chromium("--screenshot=" + screenshot, "--window-size=1000,700",
-                 "--hide-scrollbars", self.url + "/login")
+        status, _, said = chromium("--screenshot=" + screenshot, "--window-size=1000,700",
+                                   "--hide-scrollbars", self.url + "/login")
+        self.assertTrue(os.path.exists(screenshot), "exit %d: %s" % (status, said))
         width, height, rows = png_pixels(screenshot)
         blue = sum(1 for row in rows for pixel in row if pixel == BUTTON_BLUE)
         print("\nbrowser: screenshot %s, %dx%d, %d pixels of the buttons' blue"

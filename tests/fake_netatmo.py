@@ -295,10 +295,11 @@ class FakeNetatmo(object):
         """Return the way back to the redirect URI with these parameters."""
         query = urllib.parse.urlencode([(k, v) for k, v in params.items() if v is not None])
         sep = "&" if "?" in redirect_uri else "?"
-        if self.approve_from_page:
-            return 200, {}, ('<!DOCTYPE html><html><head><meta http-equiv="refresh" '
-                             'content="0;url=%s"></head><body>Back to the app...</body>'
-                             '</html>' % html.escape(redirect_uri + sep + query)).encode()
+        if self.approve_from_page:  # navigates while it is parsed, before it has loaded
+            return 200, {}, ('<!DOCTYPE html><html><head><script>location.replace(%s)'
+                             '</script></head><body>Back to the app...</body></html>'
+                             % json.dumps(redirect_uri + sep + query).replace("<", "\\u003c")
+                             ).encode()
         return 302, {"Location": redirect_uri + sep + query}, b""
 
     def token(self, form):
