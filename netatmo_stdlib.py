@@ -24,11 +24,16 @@ How the OAuth2 authorization-code flow (RFC 6749, section 4.1) runs here:
 Access tokens last about 3 hours. We refresh them before they run out, one refresh
 at a time per session, because Netatmo rotates refresh tokens: each one works once.
 
+The same flow also runs in a terminal: --once waits for one login, prints the
+devices and exits, and --token-file keeps the tokens in a file (0600) so that a later
+run, or another program, can refresh them without a browser.
+
 What this protects: the login against forged callbacks (state), the code against
 interception (PKCE, where Netatmo honours it), the tokens (never in a URL, a page or
 a log line), the session cookie (HttpOnly, SameSite=Lax, Secure over https).
 What it does not: it is a small teaching server, not a hardened production one.
-Use it on loopback, or put it behind a TLS-terminating proxy you trust.
+Use it on loopback; elsewhere serve TLS (--certfile, --keyfile) or put it behind a
+TLS-terminating proxy you trust.
 """
 
 import argparse
@@ -1059,6 +1064,13 @@ def devices_page(found):
            table, button("/refresh", "Renew the token now"), button("/logout", "Log out"))))
 
 
+def device_list_json(found):
+    """Return a DeviceList as the document /devices.json and --json answer with."""
+    return {"devices": found.devices,
+            "not_granted": [scope for scope, _ in found.not_granted],
+            "fetched_at": int(found.fetched_at)}
+
+
 def error_page(error):
     """Return the page of a PageError: what happened, and a way on."""
     return page(error.title, "<p>%s</p>\n<p><a class=\"button\" href=\"%s\">%s</a></p>"
@@ -1305,10 +1317,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(401, {"error": "not_authenticated",
                                  "message": "Log in at /login first."})
             return
-        found = self.device_list(sid, session)
-        self.send_json(200, {"devices": found.devices,
-                             "not_granted": [scope for scope, _ in found.not_granted],
-                             "fetched_at": int(found.fetched_at)})
+        self.send_json(200, device_list_json(self.device_list(sid, session)))
 
     def fetch_again(self):
         """POST /devices: forget the cached list, so the page asks Netatmo now."""
@@ -1538,8 +1547,8 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
             for connection in overdue:
                 del self.deadlines[connection]
         for connection in overdue:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)  # its thread reads the end, and ends
+            try:  # its thread reads the end, and ends; for TLS, the plain socket's shutdown
+                socket.socket.shutdown(connection, socket.SHUT_RDWR)
             except OSError:
                 pass
 
@@ -1576,6 +1585,8 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
         if self.tls is None:
             HTTPServer.finish_request(self, request, client_address)
             return
+        # The ssl module applies this timeout to the whole handshake, not to each read:
+        # a client dribbling its ClientHello is cut off too.
         request.settimeout(self.config.client_timeout)
         try:
             request = self.tls.wrap_socket(request, server_side=True)
@@ -1718,9 +1729,7 @@ def fail(status, message):
 def print_devices(found, as_json):
     """Print a DeviceList on stdout: JSON as /devices.json, or an aligned table."""
     if as_json:
-        text = json.dumps({"devices": found.devices,
-                           "not_granted": [scope for scope, _ in found.not_granted],
-                           "fetched_at": int(found.fetched_at)}, indent=2)
+        text = json.dumps(device_list_json(found), indent=2)
     else:
         rows = [("NAME", "PRODUCT", "TYPE", "ID", "HOME")] + [
             tuple(printable(v) for v in (d["name"] or "(unnamed)", d["product"], d["type"],

@@ -4,15 +4,32 @@ import json
 import os
 import re
 import signal
+import socket
+import ssl
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 
 from tests.fake_netatmo import TLS_CERT, TLS_KEY
 from tests.support import AppTestCase, Browser, CLIENT_ID, CLIENT_SECRET, ROOT
 
 PROGRAM = os.path.join(ROOT, "netatmo_stdlib.py")
+
+
+def client_hello():
+    """Return the bytes of a TLS ClientHello, as a browser starts a handshake."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    outgoing = ssl.MemoryBIO()
+    handshake = context.wrap_bio(ssl.MemoryBIO(), outgoing)
+    try:
+        handshake.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
 
 
 class OnceRun(object):
@@ -310,6 +327,38 @@ class HttpsTest(AppTestCase):
         self.assertEqual(process.returncode, 2)
         self.assertIn("--certfile", process.stderr)
         self.assertEqual(len(process.stderr.strip().splitlines()), 1)
+
+    def test_a_silent_or_dribbling_tls_client_is_cut_off(self):
+        server = self.start_app(certfile=TLS_CERT, keyfile=TLS_KEY, client_timeout=1.0)
+        port = server.server_address[1]
+        silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+        dribbler = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.addCleanup(silent.close)
+        self.addCleanup(dribbler.close)
+        stop = threading.Event()
+        hello = client_hello()
+
+        def dribble():  # a real ClientHello, a byte every 0.4 s: no read ever times out
+            for byte in hello:
+                if stop.wait(0.4):
+                    return
+                try:
+                    dribbler.sendall(bytes([byte]))
+                except OSError:
+                    return
+        thread = threading.Thread(target=dribble)
+        thread.start()
+        self.addCleanup(thread.join)
+        self.addCleanup(stop.set)
+        started = time.time()
+        for sock in (silent, dribbler):
+            try:
+                self.assertEqual(sock.recv(1024), b"")
+            except ConnectionResetError:
+                pass
+        self.assertLess(time.time() - started, 5)
+        self.assertEqual(Browser().get("https://127.0.0.1:%d/healthz" % port).status, 200)
+        self.assertNoTraceback()
 
 
 class OpenTest(AppTestCase):
