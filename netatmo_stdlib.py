@@ -249,33 +249,15 @@ def read_config(argv, environ):
     client_secret = read_client_secret(args.client_secret_file, environ)
 
     host = setting(args.host, "HOST", default="127.0.0.1")
-    port_text = setting(args.port, "PORT", default="8000")
-    try:
-        port = int(port_text)
-        if not 0 <= port <= 65535:
-            raise ValueError
-    except ValueError:
-        raise ConfigError("bad port %r: pass --port or set PORT to a number from 1 to 65535"
-                          % port_text)
+    port = number(setting(args.port, "PORT", default="8000"), "--port", "PORT",
+                  "a port number", 0, 65535, whole=True)
 
-    timeout_text = setting(args.timeout, "NETATMO_TIMEOUT", default="10")
-    try:
-        timeout = float(timeout_text)
-        if not 0 < timeout <= 600:
-            raise ValueError
-    except ValueError:
-        raise ConfigError("bad timeout %r: pass --timeout or set NETATMO_TIMEOUT to a "
-                          "number of seconds between 0 and 600" % timeout_text)
+    timeout = number(setting(args.timeout, "NETATMO_TIMEOUT", default="10"), "--timeout",
+                     "NETATMO_TIMEOUT", "a number of seconds", 0.1, 600)
 
-    cache_text = setting(args.cache_seconds, "NETATMO_CACHE_SECONDS", default="30")
-    try:
-        cache_seconds = float(cache_text)
-        if not 0 <= cache_seconds <= 86400:
-            raise ValueError
-    except ValueError:
-        raise ConfigError("bad cache time %r: pass --cache-seconds or set "
-                          "NETATMO_CACHE_SECONDS to a number of seconds from 0 (off) to "
-                          "86400" % cache_text)
+    cache_seconds = number(setting(args.cache_seconds, "NETATMO_CACHE_SECONDS", default="30"),
+                           "--cache-seconds", "NETATMO_CACHE_SECONDS", "a number of seconds",
+                           0, 86400)
 
     scopes = " ".join(setting(args.scopes, "NETATMO_SCOPES", default=DEFAULT_SCOPES).split())
     if not scopes or not all(s.replace("_", "").isalpha() and s.islower()
@@ -293,22 +275,12 @@ def read_config(argv, environ):
             raise ConfigError("bad redirect URI %r: it must end in /authenticate, the path "
                               "this program answers on; fix --redirect-uri or "
                               "NETATMO_REDIRECT_URI" % redirect_uri)
-    client_timeout_text = setting(args.client_timeout, "NETATMO_CLIENT_TIMEOUT", default="30")
-    try:
-        client_timeout = float(client_timeout_text)
-        if not 0 < client_timeout <= 3600:
-            raise ValueError
-    except ValueError:
-        raise ConfigError("bad client timeout %r: pass --client-timeout or set "
-                          "NETATMO_CLIENT_TIMEOUT to a number of seconds up to 3600"
-                          % client_timeout_text)
-    wait_text = args.wait if args.wait is not None else "300"
-    try:
-        wait = float(wait_text)
-        if not 0 < wait <= 86400:
-            raise ValueError
-    except ValueError:
-        raise ConfigError("bad --wait %r: a number of seconds, up to 86400" % wait_text)
+    client_timeout = number(setting(args.client_timeout, "NETATMO_CLIENT_TIMEOUT",
+                                    default="30"),
+                            "--client-timeout", "NETATMO_CLIENT_TIMEOUT", "a number of seconds",
+                            0.1, 3600)
+    wait = number(setting(args.wait, default="300"), "--wait", None, "a number of seconds",
+                  0.1, 86400)
     if bool(args.certfile) != bool(args.keyfile):
         raise ConfigError("--certfile and --keyfile go together: pass both to serve https")
     for flag, value in (("--json", args.json), ("--wait", args.wait),
@@ -322,6 +294,19 @@ def read_config(argv, environ):
     if config.token_file:
         config.token_file.check_writable()
     return config
+
+
+def number(text, flag, variable, meaning, lowest, highest, whole=False):
+    """Return a setting's text as a number from lowest to highest, or raise ConfigError."""
+    try:
+        value = int(text) if whole else float(text)
+    except ValueError:
+        value = None
+    if value is None or not lowest <= value <= highest:  # NaN fails the test too
+        where = flag + (" or %s" % variable if variable else "")
+        raise ConfigError("bad %s %r: set %s to %s from %g to %g"
+                          % (flag, text, where, meaning, lowest, highest))
+    return value
 
 
 def read_client_secret(path, environ):
