@@ -81,6 +81,7 @@ class SlowClientTest(AppTestCase):
 
     def run_slow_clients(self, count):
         baseline = threading.active_count()
+        open_files = len(os.listdir("/proc/self/fd"))
         sockets = self.open_slow_connections(count)
         stop = threading.Event()
 
@@ -101,10 +102,15 @@ class SlowClientTest(AppTestCase):
         took = time.time() - started
         self.assertServerCloses(sockets, stop)
         left = thread_count_drops_to(baseline + 1, within=5)
+        for sock in sockets:  # our ends; the server closed its ends already
+            sock.close()
+        files_left = len(os.listdir("/proc/self/fd"))
         print("\nslow clients: %d held open; a login and a device list took %.0f ms; "
-              "threads %d before, %d after" % (count, took * 1000, baseline, left))
+              "threads %d before, %d after; open files %d before, %d after"
+              % (count, took * 1000, baseline, left, open_files, files_left))
         self.assertLess(took, 2)
         self.assertLessEqual(left, baseline + 1)  # + the dripper, until it stops
+        self.assertLessEqual(files_left, open_files + 2)  # the login's kept-alive sockets
         self.assertNoTraceback()
 
     def test_idle_and_one_byte_a_second_clients_are_cut_off(self):

@@ -291,8 +291,10 @@ class TokenFileTest(AppTestCase):
         browser = Browser()
         self.assertEqual(browser.follow(url + "/login", approve_as="alice")[-1].status, 200)
         first = self.saved()["refresh_token"]
+        inode = os.stat(self.path).st_ino
         browser.post(url + "/refresh")
         self.assertNotEqual(self.saved()["refresh_token"], first)
+        self.assertNotEqual(os.stat(self.path).st_ino, inode)  # replaced by a rename
         self.assertIn(self.saved()["refresh_token"], self.fake.refresh_tokens)
         self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
 
