@@ -557,6 +557,11 @@ class FakeServer(socketserver.ThreadingMixIn, HTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
 
+    def handle_error(self, request, client_address):
+        """A client that hung up (or closed TLS without notice) is no error; bugs are."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            HTTPServer.handle_error(self, request, client_address)
+
 
 def main():
     """Serve the fake cloud for the demo until Ctrl-C."""
