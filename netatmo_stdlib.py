@@ -439,19 +439,18 @@ class NetatmoClient(object):
                 or not answer.get("refresh_token"):
             raise NetatmoError("Netatmo's token endpoint answered without a token.",
                                status=200)
-        lifetime = answer.get("expires_in", answer.get("expire_in"))
         try:
-            expires_at = time.time() + float(lifetime)
+            lifetime = float(answer.get("expires_in", answer.get("expire_in")))
         except (TypeError, ValueError):
-            expires_at = None  # unknown: we refresh when Netatmo says it expired
+            lifetime = None  # unknown: we refresh when Netatmo says it expired
         scope = answer.get("scope")
         if isinstance(scope, str):
             scope = scope.replace(",", " ").split()
         if not isinstance(scope, list):
             scope = self.config.scopes.split()
         return Tokens(str(answer["access_token"]), str(answer["refresh_token"]),
-                      expires_at, [str(s) for s in scope],
-                      None if expires_at is None else float(lifetime))
+                      None if lifetime is None else time.time() + lifetime,
+                      [str(s) for s in scope], lifetime)
 
     def api_get(self, name, access_token):
         """Return the `body` of GET /api/<name>, authorized by the access token."""
@@ -727,8 +726,8 @@ class SessionStore(object):
 
     pending_ttl = 10 * 60        # a login must come back from Netatmo within this
     session_ttl = 24 * 60 * 60   # a session unused for this long is forgotten
-    max_pending = 10000             # pending logins in all, the oldest evicted first
-    max_pending_per_client = 1000   # pending logins of one address
+    max_pending = 10000             # pending logins in all (see evictable)
+    max_pending_per_client = 1000   # pending logins of one address, its oldest evicted
 
     def __init__(self, clock=time.time):
         self.clock = clock
@@ -1630,6 +1629,7 @@ class Outcome(object):
     """How a --once run ends: a device list, or an exit status and why."""
 
     def __init__(self):
+        self.lock = threading.Lock()
         self.done = threading.Event()
         self.status = None
         self.message = None
@@ -1637,10 +1637,11 @@ class Outcome(object):
 
     def finish(self, status, message=None, device_list=None):
         """Record the end of the run, once; later calls change nothing."""
-        if self.done.is_set():
-            return
-        self.status, self.message, self.device_list = status, message, device_list
-        self.done.set()
+        with self.lock:
+            if self.done.is_set():
+                return
+            self.status, self.message, self.device_list = status, message, device_list
+            self.done.set()
 
 
 def run_once(config, server, saved):
@@ -1687,10 +1688,15 @@ def devices_from_saved_login(config, server, saved):
     Return the exit status, or None to fall back to a login in the browser.
     """
     session = Session(saved, time.time())
-    session.saver = config.token_file.save
     try:
-        session.refresh(server.netatmo)  # rotates the pair and saves it, first of all
+        session.refresh(server.netatmo)  # rotates the pair: the saved one is dead now
+        config.token_file.save(session.tokens)  # so the new one is saved first of all
+        session.saver = config.token_file.save  # and again after any later refresh
         found = fetch_device_list(session, server.netatmo, config.scopes)
+    except OSError as e:
+        return fail(2, "the saved login was refreshed but the new tokens could not be "
+                    "written to %s (%s); fix the file's folder and log in again"
+                    % (config.token_file.path, e.strerror or e))
     except LoginExpired:
         message = ("the saved login in %s expired or was used elsewhere (Netatmo allows "
                    "each refresh token once)" % config.token_file.path)

@@ -225,6 +225,16 @@ class TokenFileTest(AppTestCase):
         self.assertIn(self.saved()["refresh_token"], self.fake.refresh_tokens)
         self.assertNotEqual(self.saved()["refresh_token"], old)
 
+    def test_a_refreshed_pair_that_cannot_be_saved_ends_the_run(self):
+        self.browser_login()
+        device_calls = len(self.fake.requests_to("/api/homesdata"))
+        os.mkdir(self.path + ".tmp")  # the temporary name is taken by a folder
+        status, out, err = OnceRun(self, "--token-file", self.path).finish()
+        self.assertEqual((status, out), (2, ""))
+        self.assertIn("could not be written", err)
+        self.assertEqual(len(self.fake.token_requests("refresh_token")), 1)
+        self.assertEqual(len(self.fake.requests_to("/api/homesdata")), device_calls)
+
     def test_refresh_token_used_elsewhere(self):
         self.browser_login()
         with self.fake.lock:  # another program used it: Netatmo retired it
