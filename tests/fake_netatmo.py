@@ -14,6 +14,9 @@ It speaks the protocol netatmo_stdlib talks to, as strictly as the real cloud do
   Netatmo's envelopes, with 403 code 2 (unknown token), 3 (expired), 13 (scope not
   granted) and 429 code 26 (rate limit: 50 calls per 10 s and 500 per hour per user).
 - Faults on demand: latency, 500 with HTML, non-JSON, connection reset, no answer.
+- Connections are kept alive, as a web server's are, within limits a client must
+  cope with: one left idle for `idle_timeout` seconds is closed, and the
+  `requests_per_connection`-th answer on one says `Connection: close`.
 - Everything it receives is recorded in `requests`.
 
 Run it alone for the demo: python3 tests/fake_netatmo.py --port 8001 ...
@@ -26,6 +29,7 @@ import html
 import json
 import os
 import secrets
+import select
 import socket
 import socketserver
 import ssl
@@ -122,7 +126,7 @@ def default_users():
     }
 
 
-Recorded = namedtuple("Recorded", "method path query form headers via_proxy")
+Recorded = namedtuple("Recorded", "method path query form headers via_proxy connection")
 Grant = namedtuple("Grant", "user client_id scope expires_at")
 CodeGrant = namedtuple("CodeGrant", "user client_id scope redirect_uri challenge "
                                     "challenge_method expires_at")
@@ -155,6 +159,9 @@ class FakeNetatmo(object):
         self.scope_format = "list"     # how /oauth2/token writes scope: list, string, none
         self.lifetime_fields = ("expires_in", "expire_in")  # Netatmo sends both
         self.faults = []               # [path, kind, remaining count]
+        # Netatmo does not document its keep-alive limits; these are common web servers'.
+        self.idle_timeout = 60.0       # seconds a kept-alive connection may sit idle
+        self.requests_per_connection = 100  # answers on one connection, then it closes
         # state
         self.codes = {}
         self.access_tokens = {}
@@ -167,6 +174,9 @@ class FakeNetatmo(object):
         # records
         self.requests = []
         self.refresh_reuse = 0
+        self.connections_opened = 0    # also numbers them: Recorded.connection
+        self.connections_closed = 0
+        self.connection_closed = threading.Condition(self.lock)
         self.server = None
         self.scheme = "http"
 
@@ -217,6 +227,11 @@ class FakeNetatmo(object):
         with self.lock:
             self.faults.append([path, kind, times])
 
+    def clear_faults(self):
+        """Forget the faults not injected yet."""
+        with self.lock:
+            self.faults = []
+
     def expire_access_tokens(self):
         """Make every access token expired, as after three hours."""
         with self.lock:
@@ -237,6 +252,12 @@ class FakeNetatmo(object):
         """Return the recorded requests to one path."""
         with self.lock:
             return [r for r in self.requests if r.path == path]
+
+    def wait_for_closed_connections(self, count, timeout=10):
+        """Wait until `count` connections have ended; return True if they have."""
+        with self.lock:
+            return self.connection_closed.wait_for(
+                lambda: self.connections_closed >= count, timeout)
 
     def token_requests(self, grant_type=None):
         """Return the recorded requests to the token endpoint, of one grant type."""
@@ -430,6 +451,16 @@ class FakeHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # else every answer waits 40 ms for a delayed ACK
 
+    def setup(self):
+        """Number the connection, and give it the idle timeout of the moment."""
+        fake = self.server.fake
+        with fake.lock:
+            fake.connections_opened += 1
+            self.number = fake.connections_opened
+        self.answers = 0
+        self.timeout = fake.idle_timeout  # a read that waits longer ends the connection
+        BaseHTTPRequestHandler.setup(self)
+
     def do_GET(self):
         """Answer GET and POST alike."""
         fake = self.server.fake
@@ -444,7 +475,7 @@ class FakeHandler(BaseHTTPRequestHandler):
         query = dict(urllib.parse.parse_qsl(query))
         with fake.lock:
             fake.requests.append(Recorded(self.command, path, query, form,
-                                          dict(self.headers.items()), via_proxy))
+                                          dict(self.headers.items()), via_proxy, self.number))
         fault = fake.take_fault(path)
         if fault and self.inject(fault):
             return
@@ -463,7 +494,8 @@ class FakeHandler(BaseHTTPRequestHandler):
             with fake.lock:
                 self.answer_json(200, {
                     "api_calls": fake.api_call_count, "refresh_reuse": fake.refresh_reuse,
-                    "refreshes": len(fake.retired_refresh_tokens)})
+                    "refreshes": len(fake.retired_refresh_tokens),
+                    "connections": fake.connections_opened})
         elif path == "/_fake/register" and self.command == "POST":
             fake.register_redirect_uri(form["redirect_uri"])
             self.answer_json(200, {"registered": form["redirect_uri"]})
@@ -479,6 +511,33 @@ class FakeHandler(BaseHTTPRequestHandler):
             self.answer_json(404, api_error(404, "Not found"))
 
     do_POST = do_GET
+
+    def do_CONNECT(self):
+        """Be an HTTPS proxy (https_proxy): open a tunnel to host:port, pass bytes both ways."""
+        fake = self.server.fake
+        with fake.lock:
+            fake.requests.append(Recorded("CONNECT", self.path, {}, {},
+                                          dict(self.headers.items()), True, self.number))
+        self.close_connection = True
+        host, _, port = self.path.rpartition(":")
+        try:
+            if host not in ("127.0.0.1", "localhost"):  # a proxy for the tests' servers only
+                raise OSError("not a test server")
+            upstream = socket.create_connection((host, int(port)), timeout=10)
+        except (OSError, ValueError):
+            self.answer(502, b"", "text/plain")
+            return
+        with upstream:
+            self.send_response(200, "Connection established")
+            self.end_headers()
+            ends = [self.connection, upstream]
+            while not fake.stopping.is_set():
+                readable = select.select(ends, [], [], 0.5)[0]
+                for end in readable:
+                    data = end.recv(65536)
+                    if not data:
+                        return
+                    (upstream if end is self.connection else self.connection).sendall(data)
 
     def inject(self, kind):
         """Misbehave as told; return True if the request is answered (or dropped)."""
@@ -533,6 +592,9 @@ class FakeHandler(BaseHTTPRequestHandler):
         self.send_response(status)
         for name, value in (headers or {}).items():
             self.send_header(name, value)
+        self.answers += 1
+        if self.answers >= self.server.fake.requests_per_connection:
+            self.send_header("Connection", "close")  # and http.server closes it
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -556,6 +618,13 @@ class FakeServer(socketserver.ThreadingMixIn, HTTPServer):
         """Bind without a reverse DNS lookup."""
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
+
+    def shutdown_request(self, request):
+        """Close a connection, then count it as closed, for tests waiting on that."""
+        HTTPServer.shutdown_request(self, request)
+        with self.fake.lock:
+            self.fake.connections_closed += 1
+            self.fake.connection_closed.notify_all()
 
     def handle_error(self, request, client_address):
         """A client that hung up (or closed TLS without notice) is no error; bugs are."""
