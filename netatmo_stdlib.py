@@ -42,10 +42,12 @@ import hashlib
 import hmac
 import html
 import http.client
+import io
 import json
 import logging
 import os
 import secrets
+import select
 import socket
 import socketserver
 import sys
@@ -378,23 +380,31 @@ class NetatmoClient(object):
 
     def __init__(self, config):
         self.config = config
+        self.connections = KeptAliveConnections()
         self.opener = None  # built by the first call: start-up does not need urllib
+        self.opener_lock = threading.Lock()
 
     def build_opener(self):
         """Return the urllib opener for calls to Netatmo, importing urllib.request now.
 
-        Its handlers: proxies from https_proxy, http_proxy and no_proxy; HTTP, and
-        HTTPS with certificate verification; non-2xx answers raised as HTTPError.
-        There is no redirect handler, on purpose: urllib would carry the
+        Its handlers: proxies from https_proxy, http_proxy and no_proxy; requests
+        prepared by urllib's HTTP and HTTPS handlers, then sent on our kept-alive
+        connections, HTTPS with certificate verification; non-2xx answers raised as
+        HTTPError. There is no redirect handler, on purpose: urllib would carry the
         Authorization header, and so the access token, to wherever a redirect points.
         """
         import urllib.request
         opener = urllib.request.OpenerDirector()
         for handler in (urllib.request.ProxyHandler(), urllib.request.HTTPHandler(),
-                        urllib.request.HTTPSHandler(), urllib.request.HTTPDefaultErrorHandler(),
+                        urllib.request.HTTPSHandler(), self.connections,
+                        urllib.request.HTTPDefaultErrorHandler(),
                         urllib.request.HTTPErrorProcessor()):
             opener.add_handler(handler)
         return opener
+
+    def close(self):
+        """Close the connections kept open to Netatmo."""
+        self.connections.close()
 
     def authorize_url(self, state, code_challenge):
         """Return the URL of Netatmo's consent page for this login (step b)."""
@@ -463,8 +473,9 @@ class NetatmoClient(object):
 
     def call(self, method, path, data=None, headers=None):
         """Send one request to Netatmo and return its JSON answer, or raise NetatmoError."""
-        if self.opener is None:
-            self.opener = self.build_opener()  # imports urllib.request and urllib.error
+        with self.opener_lock:
+            if self.opener is None:
+                self.opener = self.build_opener()  # imports urllib.request and urllib.error
         request = urllib.request.Request(self.config.api_url + path, method=method,
                                          headers=dict(headers or {}))
         if data is not None:
@@ -475,7 +486,7 @@ class NetatmoClient(object):
         status = None
         try:
             with self.opener.open(request, timeout=self.config.timeout) as response:
-                status = response.status
+                status = response.code
                 raw = response.read()
         except urllib.error.HTTPError as e:
             status = e.code
@@ -518,6 +529,130 @@ def error_from_answer(status, answer):
         return NetatmoError("Netatmo answered %s: %s" % (status, error[:100]),
                             status=status, error=error[:100])
     return NetatmoError("Netatmo answered %s." % status, status=status)
+
+
+class KeptAliveConnections(object):
+    """The urllib handler that keeps connections to Netatmo open from call to call.
+
+    urllib's own handlers open a new connection for every request: each call to
+    Netatmo would first pay a TCP handshake and a TLS handshake, two more round trips
+    to a far-away server. This handler opens instead of them (it comes first, and
+    answers every http and https request); they still prepare each request: Host,
+    Content-Length, and the proxy that https_proxy and no_proxy choose. A connection
+    serves one call at a time, and goes back to the pool once its answer is read.
+    """
+
+    handler_order = 400      # before urllib's HTTPHandler and HTTPSHandler (500)
+    max_idle = 32            # connections kept open per server; more are closed
+    max_idle_seconds = 30.0  # an older idle connection is closed, not reused
+
+    def __init__(self):
+        self.idle = {}  # (connection class, host, tunnelled host) -> [(connection, since)]
+        self.lock = threading.Lock()
+        self.tls = None  # the TLS context, made by the first https call
+
+    def add_parent(self, opener):
+        """Be told the opener we serve (urllib's handler protocol)."""
+        self.parent = opener
+
+    def __lt__(self, other):
+        """Sort among urllib's handlers by handler_order, as they do."""
+        return self.handler_order < getattr(other, "handler_order", 500)
+
+    def http_open(self, request):
+        """Send an http:// request; return its answer."""
+        return self.open(http.client.HTTPConnection, request, {})
+
+    def https_open(self, request):
+        """Send an https:// request over TLS with the certificate verified."""
+        if self.tls is None:
+            import ssl
+            self.tls = ssl.create_default_context()  # verifies certificate and host name
+        return self.open(http.client.HTTPSConnection, request, {"context": self.tls})
+
+    def open(self, connection_class, request, arguments):
+        """Send request on an idle connection, else a new one; return the answer, read.
+
+        A server may close a connection it has kept idle at any moment, even as our
+        request leaves. A GET that fails that way is sent again, once, on a new
+        connection. A POST cannot be sent twice (a refresh token works once), so it
+        never rides on an idle connection.
+        """
+        import urllib.response
+        tunnel = getattr(request, "_tunnel_host", None)  # https through a proxy
+        key = (connection_class, request.host, tunnel)
+        headers = dict(request.unredirected_hdrs)
+        headers.update((k, v) for k, v in request.headers.items() if k not in headers)
+        headers = dict((name.title(), value) for name, value in headers.items())
+        tunnel_headers = {}
+        if tunnel and "Proxy-Authorization" in headers:  # for the proxy, not for Netatmo
+            tunnel_headers["Proxy-Authorization"] = headers.pop("Proxy-Authorization")
+        method = request.get_method()
+        connection = self.take(key) if method == "GET" else None
+        while True:
+            reused = connection is not None
+            if not reused:
+                connection = connection_class(request.host, timeout=request.timeout,
+                                              **arguments)
+                if tunnel:
+                    connection.set_tunnel(tunnel, headers=tunnel_headers)
+            else:
+                connection.sock.settimeout(request.timeout)
+            try:
+                connection.request(method, request.selector, request.data, headers)
+                response = connection.getresponse()
+                body = response.read()
+            except ConnectionError as e:
+                connection.close()
+                if not reused:
+                    raise
+                log.info("netatmo %s %s: the kept connection was lost (%s); sending again",
+                         method, request.selector, e)
+                connection = None
+                continue
+            except BaseException:
+                connection.close()
+                raise
+            break
+        if response.will_close:
+            connection.close()
+        else:
+            self.give_back(key, connection)
+        answer = urllib.response.addinfourl(io.BytesIO(body), response.msg,
+                                            request.get_full_url(), response.status)
+        answer.msg = response.reason  # what urllib's error handlers read
+        return answer
+
+    def take(self, key):
+        """Return an idle connection to this server that still looks open, or None."""
+        while True:
+            with self.lock:
+                idle = self.idle.get(key)
+                if not idle:
+                    return None
+                connection, since = idle.pop()
+            # Readable while idle means the server closed it (or broke the protocol).
+            if time.time() - since < self.max_idle_seconds \
+                    and not select.select([connection.sock], [], [], 0)[0]:
+                return connection
+            connection.close()
+
+    def give_back(self, key, connection):
+        """Keep a connection whose answer was read in full, for the next call."""
+        with self.lock:
+            idle = self.idle.setdefault(key, [])
+            if len(idle) < self.max_idle:
+                idle.append((connection, time.time()))
+                return
+        connection.close()
+
+    def close(self):
+        """Close every idle connection."""
+        with self.lock:
+            idle, self.idle = self.idle, {}
+        for connections in idle.values():
+            for connection, _ in connections:
+                connection.close()
 
 
 # ---- Devices -------------------------------------------------------------------
@@ -1493,6 +1628,7 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
     def __init__(self, config):
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         self.address_family = family
+        self.netatmo = NetatmoClient(config)  # before binding: server_close() closes it
         HTTPServer.__init__(self, (config.host, config.port), Handler)
         if config.port == 0:  # a free port was picked: the default redirect URI names it
             default = config.redirect_uri == config.default_redirect_uri()
@@ -1500,7 +1636,6 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
             if default:
                 config.redirect_uri = config.default_redirect_uri()
         self.config = config
-        self.netatmo = NetatmoClient(config)
         self.sessions = SessionStore()
         self.outcome = Outcome() if config.once else None
         self.tls = tls_context(config) if config.certfile else None
@@ -1598,6 +1733,11 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
         except OSError:
             pass
         self.close_request(request)
+
+    def server_close(self):
+        """Stop listening, and close the connections kept open to Netatmo."""
+        HTTPServer.server_close(self)
+        self.netatmo.close()
 
     def server_bind(self):
         """Bind without HTTPServer's reverse DNS lookup, which can hang offline."""

@@ -155,12 +155,80 @@ class LogTest(AppTestCase):
         self.assertNoTraceback()
 
 
+API = ("/api/homesdata", "/api/getstationsdata", "/api/gethomecoachsdata")
+
+
+class KeptAliveToNetatmoTest(AppTestCase):
+    """Connections to Netatmo stay open from call to call; lost ones cost no page."""
+
+    def api_calls(self):
+        return [r for path in API for r in self.fake.requests_to(path)]
+
+    def test_device_pages_reuse_their_connections_to_netatmo(self):
+        browser, _ = self.login("alice")
+        for _ in range(10):
+            self.assertEqual(browser.get(self.url + "/devices.json").status, 200)
+        calls = self.api_calls()
+        self.assertEqual(len(calls), 33)
+        self.assertLessEqual(len(set(r.connection for r in calls)), 3)  # 3 calls at once
+
+    def test_token_requests_never_ride_on_a_kept_connection(self):
+        browser, _ = self.login("alice")
+        for _ in range(3):
+            self.assertEqual(browser.get(self.url + "/devices.json").status, 200)
+            self.assertEqual(browser.post(self.url + "/refresh").status, 303)
+        with self.fake.lock:
+            requests = list(self.fake.requests)
+        first_on = {}
+        for r in requests:
+            first_on.setdefault(r.connection, r)
+        tokens = [r for r in requests if r.path == "/oauth2/token"]
+        self.assertEqual(len(tokens), 4)
+        for token in tokens:  # a POST cannot be sent twice, so it takes a new connection
+            self.assertIs(first_on[token.connection], token)
+
+    def test_a_get_that_a_kept_connection_loses_is_sent_again_once(self):
+        # One call per page, so that each page's call finds the last one's connection.
+        self.fake.withheld_scopes = {"read_station", "read_homecoach"}
+        browser, _ = self.login("alice")
+        before = len(self.fake.requests_to("/api/homesdata"))
+        self.fake.fail("/api/homesdata", "reset")
+        self.assertEqual(browser.get(self.url + "/devices.json").status, 200)
+        self.assertEqual(len(self.fake.requests_to("/api/homesdata")), before + 2)
+        self.assertIn("the kept connection was lost", self.log.text())
+        self.fake.fail("/api/homesdata", "reset", times=5)
+        response = browser.get(self.url + "/devices.json")
+        self.assertEqual(response.status, 502)
+        self.assertIn("Netatmo could not be reached", response.json()["message"])
+        self.assertEqual(len(self.fake.requests_to("/api/homesdata")), before + 4)
+
+    def test_connections_netatmo_closed_while_idle_are_not_used(self):
+        self.fake.idle_timeout = 0.2
+        browser, _ = self.login("alice")
+        self.assertTrue(self.fake.wait_for_closed_connections(self.fake.connections_opened))
+        for _ in range(2):
+            self.assertEqual(browser.get(self.url + "/devices.json").status, 200)
+        log = self.log.text()
+        self.assertNotIn("failed", log)
+        self.assertNotIn("lost", log)  # seen closed before use: not tried and lost
+
+    def test_netatmo_closing_a_connection_after_its_answer_is_honoured(self):
+        self.fake.requests_per_connection = 1  # every answer says Connection: close
+        browser, _ = self.login("alice")
+        for _ in range(3):
+            self.assertEqual(browser.get(self.url + "/devices.json").status, 200)
+        calls = self.api_calls()
+        self.assertEqual(len(set(r.connection for r in calls)), len(calls))
+        self.assertNoTraceback()
+
+
 class ProxyTest(AppTestCase):
     """Corporate hosts reach Netatmo through https_proxy / http_proxy."""
 
     def setUp(self):
         AppTestCase.setUp(self)
-        saved = {k: os.environ.get(k) for k in ("http_proxy", "no_proxy", "NO_PROXY")}
+        saved = {k: os.environ.get(k) for k in ("http_proxy", "https_proxy", "no_proxy",
+                                                "NO_PROXY")}
 
         def restore():
             for k, v in saved.items():
@@ -187,6 +255,40 @@ class ProxyTest(AppTestCase):
         [token] = self.fake.token_requests()
         self.assertTrue(token.via_proxy)
         self.assertTrue(all(r.via_proxy for r in self.fake.requests_to("/api/homesdata")))
+
+    def test_https_goes_through_a_tunnel_and_the_proxy_password_stays_with_the_proxy(self):
+        # The fake serves as the proxy again, now with CONNECT, in front of a second
+        # fake that speaks HTTPS as Netatmo does.
+        saved = os.environ.get("SSL_CERT_FILE")
+        self.addCleanup(lambda: os.environ.pop("SSL_CERT_FILE") if saved is None
+                        else os.environ.__setitem__("SSL_CERT_FILE", saved))
+        os.environ["SSL_CERT_FILE"] = TLS_CERT
+        netatmo = FakeNetatmo(CLIENT_ID, CLIENT_SECRET)
+        netatmo.start(tls=True)
+        self.addCleanup(netatmo.stop)
+        netatmo_host = "localhost:%d" % netatmo.server.server_address[1]
+        os.environ["https_proxy"] = "http://someone:proxy-secret@127.0.0.1:%d" \
+            % self.fake.server.server_address[1]
+        os.environ["no_proxy"] = os.environ["NO_PROXY"] = "127.0.0.1"
+        server = self.start_app(api_url="https://" + netatmo_host)
+        netatmo.register_redirect_uri(server.config.redirect_uri)
+        url = "http://127.0.0.1:%d" % server.server_address[1]
+        browser = Browser()
+        authorize = browser.get(url + "/login").location
+        back = browser.get(authorize, headers={"X-Fake-Approve": "alice"}).location
+        self.assertEqual(browser.follow(back)[-1].status, 200)
+        for _ in range(3):
+            self.assertEqual(browser.get(url + "/devices.json").status, 200)
+        tunnels = self.fake.requests_to(netatmo_host)
+        self.assertTrue(all(t.method == "CONNECT" for t in tunnels))
+        self.assertLessEqual(len(tunnels), 4)  # the token's, then 3 kept for 12 API calls
+        password = "Basic " + base64.b64encode(b"someone:proxy-secret").decode()
+        self.assertTrue(all(t.headers.get("Proxy-Authorization") == password
+                            for t in tunnels))
+        with netatmo.lock:
+            reached = list(netatmo.requests)
+        self.assertEqual(len([r for r in reached if r.path in API]), 12)
+        self.assertFalse([r for r in reached if "Proxy-Authorization" in r.headers])
 
     def test_no_proxy_is_honoured(self):
         os.environ["http_proxy"] = "http://127.0.0.1:9"  # nothing listens there
@@ -254,6 +356,12 @@ class NetatmoConnectionTest(AppTestCase):
         authorize = browser.get(url + "/login").location
         back = browser.get(authorize, headers={"X-Fake-Approve": "alice"}).location
         self.assertEqual(browser.follow(back)[-1].status, 200)
+        for _ in range(3):
+            self.assertEqual(browser.get(url + "/devices.json").status, 200)
+        # 12 calls, and a TLS handshake only for each connection: 3 at once at most.
+        calls = [r for path in API for r in tls_fake.requests_to(path)]
+        self.assertEqual(len(calls), 12)
+        self.assertLessEqual(len(set(r.connection for r in calls)), 3)
 
     def test_a_redirect_from_netatmo_is_not_followed_with_the_token(self):
         browser, _ = self.login("alice")
