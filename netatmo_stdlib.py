@@ -631,9 +631,8 @@ class KeptAliveConnections(object):
                 if not idle:
                     return None
                 connection, since = idle.pop()
-            # Readable while idle means the server closed it (or broke the protocol).
-            if time.time() - since < self.max_idle_seconds \
-                    and not select.select([connection.sock], [], [], 0)[0]:
+            # An idle connection with something to read was closed by the server.
+            if time.time() - since < self.max_idle_seconds and not readable(connection.sock):
                 return connection
             connection.close()
 
@@ -653,6 +652,15 @@ class KeptAliveConnections(object):
         for connections in idle.values():
             for connection, _ in connections:
                 connection.close()
+
+
+def readable(sock):
+    """Return True if the socket has bytes, or its end, to read right now."""
+    if hasattr(select, "poll"):  # select() fails on descriptors above 1023
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 # ---- Devices -------------------------------------------------------------------

@@ -4,6 +4,7 @@ import base64
 import hashlib
 import os
 import re
+import resource
 import socket
 
 import netatmo_stdlib
@@ -211,6 +212,22 @@ class KeptAliveToNetatmoTest(AppTestCase):
         log = self.log.text()
         self.assertNotIn("failed", log)
         self.assertNotIn("lost", log)  # seen closed before use: not tried and lost
+
+    def test_kept_connections_work_beside_more_than_1024_open_files(self):
+        # select() refuses descriptors above 1023, which a busy server soon holds.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < 1200:
+            if hard != resource.RLIM_INFINITY and hard < 1200:
+                self.skipTest("this machine allows %d open files" % hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (1200, hard))
+            self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        files = []
+        self.addCleanup(lambda: [f.close() for f in files])
+        files.extend(open(os.devnull) for _ in range(1100))
+        browser, _ = self.login("alice")
+        for _ in range(2):
+            self.assertEqual(browser.get(self.url + "/devices.json").status, 200)
+        self.assertLessEqual(len(set(r.connection for r in self.api_calls())), 3)  # reused
 
     def test_netatmo_closing_a_connection_after_its_answer_is_honoured(self):
         self.fake.requests_per_connection = 1  # every answer says Connection: close
