@@ -9,7 +9,9 @@ status is non-zero only if something failed, never because a target was missed.
 import http.client
 import json
 import os
+import queue
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -20,6 +22,7 @@ import urllib.parse
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PROGRAM = os.path.join(ROOT, "netatmo_stdlib.py")
+TLS_CERT = os.path.join(HERE, "tls", "cert.pem")
 CLIENT_ID, CLIENT_SECRET = "bench-client", "bench-secret"
 
 
@@ -75,15 +78,16 @@ class Fake(Child):
 
     def __init__(self, *options):
         self.port = free_port()
-        FAKE_PORT[0] = self.port
+        FAKE_PORT.append(self.port)
         Child.__init__(self, [os.path.join(HERE, "fake_netatmo.py"), "--port", str(self.port),
                               "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET,
                               "--no-rate-limits"] + list(options))
-        self.url = "http://127.0.0.1:%d" % self.port
+        self.tls = "--tls" in options
+        self.url = "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.port)
 
     def control(self, path, **form):
         """POST to one of the fake's /_fake/ endpoints; return its JSON answer."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        connection = connect(self.url, 30)
         connection.request("POST" if form else "GET", "/_fake/" + path,
                            urllib.parse.urlencode(form),
                            {"Content-Type": "application/x-www-form-urlencoded"})
@@ -101,13 +105,14 @@ class Fake(Child):
 class App(Child):
     """netatmo_stdlib in its own process, pointed at the fake."""
 
-    def __init__(self, fake, cache_seconds):
+    def __init__(self, fake, cache_seconds, api_url=None):
         self.port = free_port()
         self.url = "http://127.0.0.1:%d" % self.port
         fake.control("register", redirect_uri=self.url + "/authenticate")
-        Child.__init__(self, [PROGRAM, "--port", str(self.port), "--api-url", fake.url,
-                              "--cache-seconds", str(cache_seconds)],
-                       {"NETATMO_CLIENT_ID": CLIENT_ID, "NETATMO_CLIENT_SECRET": CLIENT_SECRET})
+        Child.__init__(self, [PROGRAM, "--port", str(self.port), "--api-url",
+                              api_url or fake.url, "--cache-seconds", str(cache_seconds)],
+                       {"NETATMO_CLIENT_ID": CLIENT_ID, "NETATMO_CLIENT_SECRET": CLIENT_SECRET,
+                        "SSL_CERT_FILE": TLS_CERT})
         if "open http://" not in self.first_line:
             raise RuntimeError("the app did not start: %r" % self.first_line)
 
@@ -127,10 +132,9 @@ class Client(object):
         parts = urllib.parse.urlsplit(url)
         connection = self.connections.get(parts.netloc)
         if connection is None:
-            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-            self.connections[parts.netloc] = connection
+            connection = self.connections[parts.netloc] = connect(url, 60)
         headers = dict(headers or {})
-        if self.cookie and parts.port != FAKE_PORT[0]:
+        if self.cookie and parts.port not in FAKE_PORT:
             headers["Cookie"] = self.cookie
         connection.request(method, parts.path + ("?" + parts.query if parts.query else ""),
                            headers=headers)
@@ -164,7 +168,76 @@ class Client(object):
             connection.close()
 
 
-FAKE_PORT = [0]
+def connect(url, timeout):
+    """Return an HTTP(S) connection to the host of url; HTTPS trusts the test certificate."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https":
+        return http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
+                                           context=ssl.create_default_context(cafile=TLS_CERT))
+    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+
+
+class FarAway(object):
+    """A TCP relay that puts a network with round trip `rtt` between clients and a server.
+
+    Each new connection first waits one round trip, as TCP's handshake does; then each
+    chunk of bytes arrives half a round trip after it was sent, in either direction.
+    """
+
+    def __init__(self, port, rtt):
+        self.port, self.rtt = port, rtt
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.url = "https://127.0.0.1:%d" % self.listener.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                near, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self.relay, args=(near,), daemon=True).start()
+
+    def relay(self, near):
+        time.sleep(self.rtt)  # the SYN and the SYN-ACK
+        far = socket.create_connection(("127.0.0.1", self.port))
+        for sock in (near, far):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for source, sink in ((near, far), (far, near)):
+            chunks = queue.Queue()
+            threading.Thread(target=self.read, args=(source, chunks), daemon=True).start()
+            threading.Thread(target=self.deliver, args=(chunks, sink), daemon=True).start()
+
+    def read(self, source, chunks):
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                data = b""
+            chunks.put((time.time() + self.rtt / 2, data))
+            if not data:
+                return
+
+    def deliver(self, chunks, sink):
+        while True:
+            due, data = chunks.get()
+            time.sleep(max(0, due - time.time()))  # the way there
+            try:
+                if data:
+                    sink.sendall(data)
+                else:
+                    sink.shutdown(socket.SHUT_WR)
+                    return
+            except OSError:
+                return
+
+    def close(self):
+        self.listener.close()
+
+
+FAKE_PORT = []
 ROWS = []
 
 
@@ -402,6 +475,31 @@ def bench_netatmo_connections(fake):
         app.stop()
 
 
+def bench_far_netatmo(fake):
+    rtt = 100.0
+    far_fake = Fake("--tls")
+    far = FarAway(far_fake.port, rtt / 1000)
+    FAKE_PORT.append(int(far.url.rsplit(":", 1)[1]))
+    app = App(far_fake, cache_seconds=0, api_url=far.url)
+    try:
+        client = Client()
+        client.login(app, "alice")
+        first = timed(lambda: client.request("GET", app.url + "/devices"), 1)[0]
+        durations = timed(lambda: client.request("GET", app.url + "/devices"), 20)
+        row("far Netatmo", "/devices over HTTPS with a round trip of R = 100 ms to the fake "
+            "(a relay adds it, and one R to each TCP handshake), L = 0, cache off: the "
+            "first page after the login, then 20 pages; a new connection per call would "
+            "cost 3 R a page (TCP, TLS 1.3, request)",
+            "first %.0f ms = %.1f R; then p50 %.0f ms = %.2f R"
+            % (first, first / rtt, statistics.median(durations),
+               statistics.median(durations) / rtt), "report", None)
+        client.close()
+    finally:
+        app.stop()
+        far.close()
+        far_fake.stop()
+
+
 def bench_login(fake):
     app = App(fake, cache_seconds=30)
     try:
@@ -454,7 +552,7 @@ def main():
     try:
         for bench in (bench_start, bench_page_latency, bench_big_account, bench_cached_page,
                       bench_throughput, bench_keep_alive, bench_netatmo_connections,
-                      bench_login, bench_memory_per_session):
+                      bench_far_netatmo, bench_login, bench_memory_per_session):
             bench(*([] if bench is bench_start else [fake]))
     except Exception as error:
         print("bench: FAILED: %s: %s" % (type(error).__name__, error))

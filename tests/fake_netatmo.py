@@ -188,9 +188,7 @@ class FakeNetatmo(object):
         self.server.fake = self
         self.scheme = "https" if tls else "http"
         if tls:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(TLS_CERT, TLS_KEY)
-            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.server.tls = tls_context()
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
                                        daemon=True)
         self.thread.start()
@@ -400,6 +398,13 @@ class FakeNetatmo(object):
         calls[:] = [t for t in calls if now - t < longest]
         return all(sum(1 for t in calls if now - t < seconds) <= limit
                    for limit, seconds in self.rate_limits)
+
+
+def tls_context():
+    """Return the fake's TLS context, with the test certificate (127.0.0.1, localhost)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(TLS_CERT, TLS_KEY)
+    return context
 
 
 def pkce_ok(grant, verifier):
@@ -613,6 +618,21 @@ class FakeServer(socketserver.ThreadingMixIn, HTTPServer):
     """One thread per connection, on every Python the project supports."""
     daemon_threads = True
     request_queue_size = 128
+    tls = None  # a TLS context: then the handshake happens in the connection's thread
+
+    def finish_request(self, request, client_address):
+        """Serve one connection, first with a TLS handshake if the fake speaks HTTPS."""
+        if self.tls is None:
+            HTTPServer.finish_request(self, request, client_address)
+            return
+        try:
+            request = self.tls.wrap_socket(request, server_side=True)
+        except (OSError, ValueError):  # not TLS, or the client gave up: just close
+            return
+        try:
+            HTTPServer.finish_request(self, request, client_address)
+        finally:
+            request.close()
 
     def server_bind(self):
         """Bind without a reverse DNS lookup."""
@@ -649,6 +669,8 @@ def main():
                         help="do not enforce Netatmo's per-user limits (benchmarks)")
     parser.add_argument("--expires-in", type=int, default=10800,
                         help="lifetime of the access tokens it issues, in seconds")
+    parser.add_argument("--tls", action="store_true",
+                        help="serve HTTPS with the test certificate in tests/tls")
     args = parser.parse_args()
     fake = FakeNetatmo(args.client_id, args.client_secret)
     fake.register_redirect_uri(args.redirect_uri)
@@ -660,6 +682,9 @@ def main():
         fake.rate_limits = None
     fake.server = FakeServer(("127.0.0.1", args.port), FakeHandler)
     fake.server.fake = fake
+    if args.tls:
+        fake.server.tls = tls_context()
+        fake.scheme = "https"
     print("fake Netatmo: serving on %s (users: %s)" % (fake.url, ", ".join(sorted(fake.users))),
           flush=True)
     try:
