@@ -19,7 +19,8 @@ How the OAuth2 authorization-code flow (RFC 6749, section 4.1) runs here:
     memory, server-side, under a new session id. The browser only ever holds that id.
 (e) Retrieve and output the devices: GET /devices (HTML) and /devices.json call
     /api/homesdata, /api/getstationsdata and /api/gethomecoachsdata with
-    `Authorization: Bearer <access_token>`, concurrently, and merge what they list.
+    `Authorization: Bearer <access_token>`, concurrently, on connections kept open
+    from call to call, and merge what they list.
 
 Access tokens last about 3 hours. We refresh them before they run out, one refresh
 at a time per session, because Netatmo rotates refresh tokens: each one works once.
