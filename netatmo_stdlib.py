@@ -579,7 +579,6 @@ class KeptAliveConnections(object):
         connection. A POST cannot be sent twice (a refresh token works once), so it
         never rides on an idle connection.
         """
-        import urllib.response
         tunnel = getattr(request, "_tunnel_host", None)  # https through a proxy
         key = (connection_class, request.host, tunnel)
         headers = dict(request.unredirected_hdrs)
@@ -588,36 +587,33 @@ class KeptAliveConnections(object):
         tunnel_headers = {}
         if tunnel and "Proxy-Authorization" in headers:  # for the proxy, not for Netatmo
             tunnel_headers["Proxy-Authorization"] = headers.pop("Proxy-Authorization")
-        method = request.get_method()
-        connection = self.take(key) if method == "GET" else None
-        while True:
-            reused = connection is not None
-            if not reused:
-                connection = connection_class(request.host, timeout=request.timeout,
-                                              **arguments)
-                if tunnel:
-                    connection.set_tunnel(tunnel, headers=tunnel_headers)
-            else:
-                connection.sock.settimeout(request.timeout)
+        connection = self.take(key) if request.get_method() == "GET" else None
+        if connection is not None:
             try:
-                connection.request(method, request.selector, request.data, headers)
-                response = connection.getresponse()
-                body = response.read()
+                return self.send(key, connection, request, headers)
             except ConnectionError as e:
-                connection.close()
-                if not reused:
-                    raise
-                log.info("netatmo %s %s: the kept connection was lost (%s); sending again",
-                         method, request.selector, e)
-                connection = None
-                continue
-            except BaseException:
-                connection.close()
-                raise
-            break
-        if response.will_close:
+                log.info("netatmo GET %s: the kept connection was lost (%s); sending again",
+                         request.selector, e)
+        connection = connection_class(request.host, timeout=request.timeout, **arguments)
+        if tunnel:
+            connection.set_tunnel(tunnel, headers=tunnel_headers)
+        return self.send(key, connection, request, headers)
+
+    def send(self, key, connection, request, headers):
+        """Send request on connection; return the answer, read, as urllib's handlers want."""
+        import urllib.response
+        if connection.sock is not None:
+            connection.sock.settimeout(request.timeout)
+        try:
+            connection.request(request.get_method(), request.selector, request.data, headers)
+            response = connection.getresponse()
+            body = response.read()
+        except BaseException:
             connection.close()
-        else:
+            raise
+        if response.will_close:  # Netatmo said Connection: close
+            connection.close()
+        else:  # the answer is read in full: the connection can serve the next call
             self.give_back(key, connection)
         answer = urllib.response.addinfourl(io.BytesIO(body), response.msg,
                                             request.get_full_url(), response.status)

@@ -27,6 +27,14 @@ def raw_exchange(port, data, read_all=True):
     return b"".join(chunks)
 
 
+def trust_test_certificate(test):
+    """Have urllib trust tests/tls/cert.pem (through SSL_CERT_FILE) until the test ends."""
+    saved = os.environ.get("SSL_CERT_FILE")
+    test.addCleanup(lambda: os.environ.pop("SSL_CERT_FILE") if saved is None
+                    else os.environ.__setitem__("SSL_CERT_FILE", saved))
+    os.environ["SSL_CERT_FILE"] = TLS_CERT
+
+
 class HeadersTest(AppTestCase):
 
     def html_pages(self):
@@ -276,10 +284,7 @@ class ProxyTest(AppTestCase):
     def test_https_goes_through_a_tunnel_and_the_proxy_password_stays_with_the_proxy(self):
         # The fake serves as the proxy again, now with CONNECT, in front of a second
         # fake that speaks HTTPS as Netatmo does.
-        saved = os.environ.get("SSL_CERT_FILE")
-        self.addCleanup(lambda: os.environ.pop("SSL_CERT_FILE") if saved is None
-                        else os.environ.__setitem__("SSL_CERT_FILE", saved))
-        os.environ["SSL_CERT_FILE"] = TLS_CERT
+        trust_test_certificate(self)
         netatmo = FakeNetatmo(CLIENT_ID, CLIENT_SECRET)
         netatmo.start(tls=True)
         self.addCleanup(netatmo.stop)
@@ -291,9 +296,7 @@ class ProxyTest(AppTestCase):
         netatmo.register_redirect_uri(server.config.redirect_uri)
         url = "http://127.0.0.1:%d" % server.server_address[1]
         browser = Browser()
-        authorize = browser.get(url + "/login").location
-        back = browser.get(authorize, headers={"X-Fake-Approve": "alice"}).location
-        self.assertEqual(browser.follow(back)[-1].status, 200)
+        self.assertEqual(browser.follow(url + "/login", approve_as="alice")[-1].status, 200)
         for _ in range(3):
             self.assertEqual(browser.get(url + "/devices.json").status, 200)
         tunnels = self.fake.requests_to(netatmo_host)
@@ -364,15 +367,10 @@ class NetatmoConnectionTest(AppTestCase):
         self.assertIn("CERTIFICATE_VERIFY_FAILED", response.text)
 
     def test_trusted_certificate_works(self):
-        saved = os.environ.get("SSL_CERT_FILE")
-        self.addCleanup(lambda: os.environ.pop("SSL_CERT_FILE") if saved is None
-                        else os.environ.__setitem__("SSL_CERT_FILE", saved))
-        os.environ["SSL_CERT_FILE"] = TLS_CERT
+        trust_test_certificate(self)
         tls_fake, url = self.start_tls_app()
         browser = Browser()
-        authorize = browser.get(url + "/login").location
-        back = browser.get(authorize, headers={"X-Fake-Approve": "alice"}).location
-        self.assertEqual(browser.follow(back)[-1].status, 200)
+        self.assertEqual(browser.follow(url + "/login", approve_as="alice")[-1].status, 200)
         for _ in range(3):
             self.assertEqual(browser.get(url + "/devices.json").status, 200)
         # 12 calls, and a TLS handshake only for each connection: 3 at once at most.
