@@ -17,6 +17,8 @@ It speaks the protocol netatmo_stdlib talks to, as strictly as the real cloud do
 - Connections are kept alive, as a web server's are, within limits a client must
   cope with: one left idle for `idle_timeout` seconds is closed, and the
   `requests_per_connection`-th answer on one says `Connection: close`.
+- It serves HTTPS with the test certificate (tests/tls) on demand, and CONNECT makes it
+  an https_proxy that tunnels to another fake.
 - Everything it receives is recorded in `requests`.
 
 Run it alone for the demo: python3 tests/fake_netatmo.py --port 8001 ...
