@@ -193,6 +193,7 @@ class FarAway(object):
         threading.Thread(target=self.serve, daemon=True).start()
 
     def serve(self):
+        """Accept connections until closed; relay each in threads of its own."""
         while True:
             try:
                 near, _ = self.listener.accept()
@@ -201,6 +202,7 @@ class FarAway(object):
             threading.Thread(target=self.relay, args=(near,), daemon=True).start()
 
     def relay(self, near):
+        """Connect to the server one round trip later; then carry bytes both ways."""
         time.sleep(self.rtt)  # the SYN and the SYN-ACK
         far = socket.create_connection(("127.0.0.1", self.port))
         for sock in (near, far):
@@ -211,6 +213,7 @@ class FarAway(object):
             threading.Thread(target=self.deliver, args=(chunks, sink), daemon=True).start()
 
     def read(self, source, chunks):
+        """Queue what source sends, stamped with when it is due at the other end."""
         while True:
             try:
                 data = source.recv(65536)
@@ -221,6 +224,7 @@ class FarAway(object):
                 return
 
     def deliver(self, chunks, sink):
+        """Send each queued chunk to sink when it is due; pass the end on too."""
         while True:
             due, data = chunks.get()
             time.sleep(max(0, due - time.time()))  # the way there
@@ -234,6 +238,7 @@ class FarAway(object):
                 return
 
     def close(self):
+        """Stop accepting connections."""
         self.listener.close()
 
 
