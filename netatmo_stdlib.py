@@ -51,7 +51,9 @@ import secrets
 import select
 import socket
 import socketserver
+import stat
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -144,6 +146,15 @@ class Config(object):
     def secure_cookies(self):
         """Return True when the browser reaches us over https."""
         return self.redirect_uri.startswith("https://")
+
+    @property
+    def cookie_name(self):
+        """Return the session cookie's name: with the __Host- prefix over https.
+
+        A browser keeps a __Host- cookie only if it came over https, with Secure,
+        Path=/ and no Domain: no page on another port or subdomain can set one.
+        """
+        return ("__Host-" if self.secure_cookies else "") + COOKIE_NAME
 
 
 def origin_of(url):
@@ -294,7 +305,7 @@ def read_config(argv, environ):
                     api_url, timeout, cache_seconds, args.once, args.json, wait,
                     args.token_file, args.no_browser, args.open, args.certfile, args.keyfile,
                     client_timeout)
-    if config.token_file:
+    if config.token_file:  # before anything can refresh, and rotate the saved pair
         config.token_file.check_writable()
     return config
 
@@ -446,22 +457,19 @@ class NetatmoClient(object):
     def token_request(self, form):
         """POST a form to /oauth2/token and return the Tokens it answers with."""
         answer = self.call("POST", "/oauth2/token", data=urllib.parse.urlencode(form))
-        if not isinstance(answer, dict) or not answer.get("access_token") \
-                or not answer.get("refresh_token"):
+        if not isinstance(answer, dict) or not token_like(answer.get("access_token")) \
+                or not token_like(answer.get("refresh_token")):
             raise NetatmoError("Netatmo's token endpoint answered without a token.",
                                status=200)
-        try:
-            lifetime = float(answer.get("expires_in", answer.get("expire_in")))
-        except (TypeError, ValueError):
-            lifetime = None  # unknown: we refresh when Netatmo says it expired
+        lifetime = lifetime_of(answer)
         scope = answer.get("scope")
         if isinstance(scope, str):
             scope = scope.replace(",", " ").split()
         if not isinstance(scope, list):
             scope = self.config.scopes.split()
-        return Tokens(str(answer["access_token"]), str(answer["refresh_token"]),
+        return Tokens(answer["access_token"], answer["refresh_token"],
                       None if lifetime is None else time.time() + lifetime,
-                      [str(s) for s in scope], lifetime)
+                      [s for s in scope if isinstance(s, str)], lifetime)
 
     def api_get(self, name, access_token):
         """Return the `body` of GET /api/<name>, authorized by the access token."""
@@ -510,12 +518,34 @@ class NetatmoClient(object):
                          (time.time() - started) * 1000)
         try:
             answer = json.loads(raw.decode("utf-8"))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested too deep
             raise NetatmoError("Netatmo answered %s with something that is not JSON."
                                % status, status=status)
         if status == 200:
             return answer
         raise error_from_answer(status, answer)
+
+
+def token_like(value):
+    """Return True for a string that can be a token: printable ASCII, no spaces.
+
+    Anything else could not travel in an Authorization header, or would break it.
+    """
+    return isinstance(value, str) and bool(value) and all(33 <= ord(c) <= 126 for c in value)
+
+
+def lifetime_of(answer):
+    """Return the seconds a token answer says the access token lives, or None: unknown.
+
+    Unknown too: a lifetime that is no number, NaN, infinite or over a year. We then
+    refresh when Netatmo says the token expired (code 3), not on every page.
+    """
+    try:
+        lifetime = float(answer.get("expires_in", answer.get("expire_in")))
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a 400-digit number
+        return None
+    year = 366 * 24 * 3600
+    return lifetime if -year <= lifetime <= year else None  # NaN fails the test too
 
 
 def error_from_answer(status, answer):
@@ -546,6 +576,7 @@ class KeptAliveConnections(object):
     handler_order = 400      # before urllib's HTTPHandler and HTTPSHandler (500)
     max_idle = 32            # connections kept open per server; more are closed
     max_idle_seconds = 30.0  # an older idle connection is closed, not reused
+    max_answer = 8 * 1024 * 1024  # bytes of an answer we read; a larger one fails
 
     def __init__(self):
         self.idle = {}  # (connection class, host, tunnelled host) -> [(connection, since)]
@@ -607,10 +638,15 @@ class KeptAliveConnections(object):
         try:
             connection.request(request.get_method(), request.selector, request.data, headers)
             response = connection.getresponse()
-            body = response.read()
+            body = read_at_most(response, self.max_answer)
         except BaseException:
             connection.close()
             raise
+        if body is None:
+            connection.close()
+            raise NetatmoError("Netatmo's answer to %s was larger than %d MB."
+                               % (request.selector.split("?", 1)[0],
+                                  self.max_answer // (1024 * 1024)), status=response.status)
         if response.will_close:  # Netatmo said Connection: close
             connection.close()
         else:  # the answer is read in full: the connection can serve the next call
@@ -649,6 +685,20 @@ class KeptAliveConnections(object):
         for connections in idle.values():
             for connection, _ in connections:
                 connection.close()
+
+
+def read_at_most(response, limit):
+    """Return the body of an http.client answer, or None if it is over limit bytes."""
+    if response.length is not None:  # Content-Length says how much will come
+        return None if response.length > limit else response.read()
+    chunks, size = [], 0
+    while size <= limit:
+        chunk = response.read(64 * 1024)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+    return None
 
 
 def readable(sock):
@@ -1035,70 +1085,124 @@ class TokenFile(object):
     def load(self):
         """Return the Tokens saved in the file, None if there is no file.
 
-        Raise ConfigError for a file that is unreadable, corrupt, readable by other
-        users, or not a token file at all (we will not overwrite someone else's file).
+        Raise ConfigError for a file that is unreadable, corrupt, not a regular file,
+        another user's or readable by other users, or not a token file at all (we
+        will not overwrite someone else's file). It is opened without following a
+        symlink, and without waiting: a FIFO planted there cannot hang the start.
         """
         try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_NONBLOCK", 0))
         except FileNotFoundError:
             return None
         except OSError as e:
             raise ConfigError("cannot read --token-file %r: %s" % (self.path, e.strerror))
         with os.fdopen(fd, "rb") as f:
-            if os.fstat(f.fileno()).st_mode & 0o077:
-                raise ConfigError("--token-file %r can be read by other users; it holds "
-                                  "your Netatmo login: chmod 600 it, or delete it and log "
-                                  "in again" % self.path)
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ConfigError("--token-file %r is not a regular file; name a file "
+                                  "of your own" % self.path)
+            problem = not_private(info)
+            if problem:
+                raise ConfigError("--token-file %r %s; it holds your Netatmo login: %s"
+                                  % (self.path, problem[0], problem[1]))
             raw = f.read(1024 * 1024)
         try:
             saved = json.loads(raw.decode("utf-8"))
-        except ValueError:
+        except (ValueError, RecursionError):
             saved = None
-        if not isinstance(saved, dict) or not set(self.fields) <= set(saved):
+        if not self.well_formed(saved):
             raise ConfigError("--token-file %r is not a token file of this program (or it "
                               "is corrupt); it was left as it is: delete it or name "
                               "another file" % self.path)
-        if not isinstance(saved["refresh_token"], str) or not saved["refresh_token"]:
+        if not saved["refresh_token"]:
             return None
-        return Tokens(str(saved["access_token"]), saved["refresh_token"],
-                      saved["expires_at"] if isinstance(saved["expires_at"], (int, float))
-                      else None, [str(s) for s in saved["scope"] or []], None)
+        return Tokens(saved["access_token"], saved["refresh_token"], saved["expires_at"],
+                      list(saved["scope"]), None)
+
+    def well_formed(self, saved):
+        """Return True if saved holds our four fields, each of the type we write."""
+        if not isinstance(saved, dict) or not set(self.fields) <= set(saved):
+            return False
+        expires_at = saved["expires_at"]
+        return (isinstance(saved["access_token"], str)
+                and isinstance(saved["refresh_token"], str)
+                and (expires_at is None or type(expires_at) in (int, float)
+                     and abs(expires_at) < 1e12)  # NaN and infinities fail too
+                and isinstance(saved["scope"], list)
+                and all(isinstance(s, str) for s in saved["scope"]))
 
     def save(self, tokens):
         """Write tokens to the file atomically, readable by its owner only.
 
-        The new content goes to PATH.tmp, created exclusively and never through a
-        symlink (one planted there is removed, not followed), then renamed over PATH:
-        a reader sees the old file or the new one, never half of one.
+        The new content goes to a temporary file of a random name in the same
+        folder, created exclusively (never through a symlink, never a name another
+        user could have taken first), then renamed over PATH: a reader sees the old
+        file or the new one, never half of one. Then the folder itself is synced,
+        so that the rename survives a power cut.
         """
         content = json.dumps({field: getattr(tokens, field) for field in self.fields},
                              indent=2).encode("utf-8")
-        temporary = self.path + ".tmp"
-        try:
-            os.unlink(temporary)  # a leftover, or a planted link: unlink never follows
-        except FileNotFoundError:
-            pass
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
-                     getattr(os, "O_NOFOLLOW", 0), 0o600)
+        fd, temporary = self.temporary_file()
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(content)
                 f.flush()
                 os.fsync(f.fileno())
-            os.rename(temporary, self.path)
+            os.replace(temporary, self.path)
         except BaseException:
             try:
                 os.unlink(temporary)
             except OSError:
                 pass
             raise
+        sync_folder(os.path.dirname(self.path))
+
+    def temporary_file(self):
+        """Return (descriptor, path) of a new file, 0600, of a random name beside PATH."""
+        return tempfile.mkstemp(prefix=".netatmo-tokens-", suffix=".tmp",
+                                dir=os.path.dirname(self.path))
 
     def check_writable(self):
-        """Raise ConfigError unless the file's folder exists and can be written."""
-        folder = os.path.dirname(self.path)
-        if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        """Raise ConfigError unless a file can be created in the file's folder now."""
+        try:
+            fd, probe = self.temporary_file()
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
             raise ConfigError("cannot write --token-file %r: its folder %r is missing or "
-                              "not writable" % (self.path, folder))
+                              "not writable (%s)" % (self.path, os.path.dirname(self.path),
+                                                     e.strerror or e))
+
+
+# File permissions differ by platform; these two functions hold the difference.
+
+def not_private(info):
+    """Return (what is wrong, what to do) if a file's owner or mode is not private.
+
+    On POSIX systems the file must be the running user's and not readable by
+    others: root must not adopt another user's login, and a login readable by all
+    is no longer private. Windows has no such mode bits; a file in the user's
+    profile is protected by its folder's access control list instead.
+    """
+    if not hasattr(os, "geteuid"):
+        return None
+    if info.st_uid != os.geteuid():
+        return ("belongs to another user", "name a file of your own")
+    if info.st_mode & 0o077:
+        return ("can be read by other users", "chmod 600 it, or delete it and log in again")
+    return None
+
+
+def sync_folder(folder):
+    """Flush a folder's entries (a rename) to disk; Windows cannot open a folder so."""
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ---- Pages ---------------------------------------------------------------------
@@ -1260,13 +1364,49 @@ def page_error_for(error):
                      error="netatmo_failed", exit_status=4)
 
 
+# Control characters, and the backslash, as http.server's log writes them.
+CONTROL_CHARACTERS = dict((c, "\\x%02x" % c)
+                          for c in list(range(0x20)) + list(range(0x7f, 0xa0)))
+CONTROL_CHARACTERS[ord("\\")] = "\\\\"
+
+
+class CappedHead(object):
+    """A request's stream as http.server reads the header lines: capped as a whole.
+
+    Past max_bytes, or max_lines lines, it raises the error http.server answers
+    with 431 Request Header Fields Too Large.
+    """
+
+    def __init__(self, rfile, max_bytes, max_lines):
+        self.rfile = rfile
+        self.bytes_left = max_bytes
+        self.lines_left = max_lines + 1  # and the empty line that ends the head
+
+    def readline(self, limit=-1):
+        """Return the next header line, or raise http.client.HTTPException."""
+        if self.lines_left <= 0:
+            raise http.client.HTTPException("more header lines than allowed")
+        self.lines_left -= 1
+        most = self.bytes_left + 1 if limit < 0 else min(limit, self.bytes_left + 1)
+        line = self.rfile.readline(most)
+        self.bytes_left -= len(line)
+        if self.bytes_left < 0:
+            raise http.client.HTTPException("a request head larger than allowed")
+        return line
+
+
 class Handler(BaseHTTPRequestHandler):
     """Routes each request to a method, and turns every error into a page."""
 
     protocol_version = "HTTP/1.1"   # keep-alive: every answer says its Content-Length
     default_request_version = "HTTP/1.0"  # even an unreadable request gets a status line
     server_version = "netatmo_stdlib/" + __version__
-    max_body = 64 * 1024
+    max_body = 64 * 1024          # bytes of a request body; a larger one gets 413
+    max_head = 16 * 1024          # bytes of a request's header lines; more gets 431
+    max_header_lines = 50         # header lines of a request; more gets 431
+    max_requests = 100            # requests on one connection; the last says close
+    keep_alive_seconds = 5.0      # an idle connection's next request must come by then
+    expired_cookies = ()          # Set-Cookie headers that expire planted cookies
     # http.server writes the headers and the body in two small packets; with Nagle's
     # algorithm the second waits for the client's delayed ACK: 40 ms on every answer.
     disable_nagle_algorithm = True
@@ -1286,16 +1426,33 @@ class Handler(BaseHTTPRequestHandler):
     def setup(self):
         """Give every read and write on this connection --client-timeout seconds."""
         self.timeout = self.server.config.client_timeout
+        self.requests = 0
         BaseHTTPRequestHandler.setup(self)
 
     def handle_one_request(self):
         """Read and answer one request, whose head must arrive within --client-timeout.
 
         The socket timeout alone would let a client that sends one byte a second hold
-        the connection (and its thread) for ever: the server's deadline does not.
+        the connection (and its thread) for ever: the server's deadline does not. A
+        kept-alive connection waits for its next request keep_alive_seconds at most.
         """
-        self.server.watch(self.connection)
+        seconds = self.server.config.client_timeout
+        if self.requests:
+            seconds = min(seconds, self.keep_alive_seconds)
+        self.server.watch(self.connection, seconds)
         BaseHTTPRequestHandler.handle_one_request(self)
+
+    def parse_request(self):
+        """Parse the request line and the header lines, which are capped as a whole.
+
+        http.server alone takes 100 header lines of 64 KB each: 6 MB per connection.
+        """
+        rfile = self.rfile
+        self.rfile = CappedHead(rfile, self.max_head, self.max_header_lines)
+        try:
+            return BaseHTTPRequestHandler.parse_request(self)
+        finally:
+            self.rfile = rfile
 
     def finish(self):
         """Stop watching the connection's deadline, and close it."""
@@ -1307,6 +1464,10 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         self.query = self.path[len(path) + 1:]
         methods = self.routes.get(path)
+        self.expired_cookies = ()
+        self.requests += 1
+        if self.requests >= self.max_requests:  # a busy client does not keep it for ever
+            self.close_connection = True
         try:
             self.read_body()
             self.server.unwatch(self.connection)  # the request is in: no deadline now
@@ -1360,10 +1521,17 @@ class Handler(BaseHTTPRequestHandler):
     def login(self):
         """GET /login: (a) receive the authorization request, (b) redirect to Netatmo."""
         config = self.server.config
+        key = self.server.login_key
+        if key is not None and not hmac.compare_digest(
+                (one(urllib.parse.parse_qs(self.query), "k") or "").encode(), key.encode()):
+            raise PageError(403, "Open the address printed in the terminal",
+                            "This program waits for one login, from the address it "
+                            "printed in the terminal that started it (/login?k=...). "
+                            "Copy that whole address into the browser.")
         host = self.headers.get("Host")
         if host and not same_origin(config.redirect_uri, host):
             # The cookie we set here must come back on the redirect URI's origin.
-            self.redirect(302, config.origin + "/login")
+            self.redirect(302, config.origin + self.server.login_path())
             return
         # (a) Receive the authorization request: a new pending login and its cookie.
         for old_sid in self.cookie_values():
@@ -1483,7 +1651,7 @@ class Handler(BaseHTTPRequestHandler):
         self.redirect(303, "/devices")
 
     def logout(self):
-        """POST /logout: forget the session here and in the browser."""
+        """POST /logout: forget the session here and in the browser (every one sent)."""
         for sid in self.cookie_values():
             self.server.sessions.delete(sid)
         self.redirect(303, "/", cookie="")
@@ -1496,26 +1664,52 @@ class Handler(BaseHTTPRequestHandler):
 
     def logged_in(self):
         """Return (cookie value, Session) of this browser's login, or (None, None)."""
-        for sid in self.cookie_values():
-            session = self.server.sessions.get(sid)
-            if session is not None:
-                return sid, session
-        return None, None
+        sid = self.session_id()
+        session = self.server.sessions.get(sid) if sid else None
+        return (sid, session) if session is not None else (None, None)
+
+    def session_id(self):
+        """Return the value of the browser's session cookie: None if none, or several.
+
+        Cookies do not keep ports apart: a program on another port of this host can
+        plant a second session cookie with a longer Path, which the browser sends
+        first, and the person would see that program's account. So two mean no login,
+        and the answer expires both: at Path=/ and at this path, where a planted one
+        with a longer Path would live. (Over https the cookie's __Host- prefix makes
+        such a cookie impossible in the first place.)
+        """
+        values = self.cookie_values()
+        if len(values) > 1:
+            path = self.path.split("?", 1)[0]
+            self.expired_cookies = tuple(("Set-Cookie", self.cookie("", p))
+                                         for p in sorted({"/", path}))
+            return None
+        return values[0] if values else None
 
     def cookie_values(self):
-        """Return the values of every netatmo_session cookie the browser sent."""
+        """Return the values of every session cookie the browser sent."""
         values = []
         for header in self.headers.get_all("Cookie") or ():
             for pair in header.split(";"):
                 name, _, value = pair.strip().partition("=")
-                if name == COOKIE_NAME and value:
+                if name == self.server.config.cookie_name and value:
                     values.append(value)
         return values
 
     def check_origin(self):
-        """Refuse a POST sent by a page of another origin (cross-site request forgery)."""
-        origin = self.headers.get("Origin")
-        if origin is not None and origin.lower() != self.server.config.origin:
+        """Refuse a POST sent by a page of another site (cross-site request forgery).
+
+        A browser sends Origin with every POST: it must be this program's own. It
+        sends "null" when it will not say where the form was (a sandboxed frame, a
+        page under no-referrer), and Sec-Fetch-Site says "cross-site" or "same-site"
+        when the form was on another site, or on another port of this host: all
+        refused. A POST without Origin comes from a program such as curl, not from a
+        browser, and carries only the cookies its user gave it: it is let through.
+        """
+        origins = self.headers.get_all("Origin") or ()
+        site = self.headers.get("Sec-Fetch-Site")
+        if any(o.lower() != self.server.config.origin for o in origins) or \
+                site in ("cross-site", "same-site"):
             raise PageError(403, "Request from another site refused",
                             "This form was sent from a page that is not this program's.")
 
@@ -1524,13 +1718,14 @@ class Handler(BaseHTTPRequestHandler):
         if self.headers.get("Transfer-Encoding"):
             self.close_connection = True
             raise PageError(411, "Length required", "Send a Content-Length, not chunks.")
-        length = self.headers.get("Content-Length")
-        if length is None:
+        lengths = self.headers.get_all("Content-Length") or ()
+        if not lengths:
             return
-        length = length.strip()
-        if not length.isdigit():
+        length = lengths[0].strip()
+        # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+        if len(lengths) > 1 or not length or length.strip("0123456789"):
             self.close_connection = True
-            raise PageError(400, "Bad request", "The Content-Length header is not a number.")
+            raise PageError(400, "Bad request", "Send one Content-Length, a number.")
         if int(length) > self.max_body:
             self.close_connection = True
             raise PageError(413, "Request too large", "This program takes no large bodies.")
@@ -1541,13 +1736,18 @@ class Handler(BaseHTTPRequestHandler):
     def send_body(self, status, body, content_type, headers=()):
         """Send a whole answer with its length, so the connection can be kept alive."""
         self.send_response(status)
-        for name, value in headers:
+        for name, value in self.expired_cookies + tuple(headers):
             self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Referrer-Policy", "no-referrer")
+        # same-origin: a form POSTed to this program carries its Origin (under
+        # no-referrer browsers send "Origin: null", which check_origin must refuse),
+        # and no address of ours, with its query, leaks to another site.
+        self.send_header("Referrer-Policy", "same-origin")
+        if self.server.config.secure_cookies:
+            self.send_header("Strict-Transport-Security", "max-age=31536000")
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
@@ -1579,12 +1779,13 @@ class Handler(BaseHTTPRequestHandler):
             headers.append(("Set-Cookie", self.cookie(cookie)))
         self.send_body(status, b"", "text/plain; charset=utf-8", headers)
 
-    def cookie(self, value):
+    def cookie(self, value, path="/"):
         """Return a Set-Cookie value for the session id; an empty one expires it."""
         # SameSite=Lax, not Strict: the return from Netatmo to /authenticate is a
         # cross-site navigation, and a Strict cookie would not be sent with it, so
         # the state could never be matched. Lax still keeps it off cross-site POSTs.
-        parts = ["%s=%s" % (COOKIE_NAME, value), "HttpOnly", "SameSite=Lax", "Path=/"]
+        parts = ["%s=%s" % (self.server.config.cookie_name, value), "HttpOnly",
+                 "SameSite=Lax", "Path=" + path]
         if self.server.config.secure_cookies:
             parts.append("Secure")
         if not value:
@@ -1610,11 +1811,15 @@ class Handler(BaseHTTPRequestHandler):
         self.log_message('"%s %s" %s', self.command or "-", path, code)
 
     def log_message(self, format, *args):
-        """Log through `logging`, dropping anything after a "?" that could be a query."""
+        """Log through `logging`, dropping anything after a "?" that could be a query.
+
+        Control characters are written as \\xNN, as http.server does since 3.12: a
+        request line with terminal escapes cannot recolour or rewrite the log.
+        """
         message = format % args
         if "?" in message:
             message = message.split("?", 1)[0] + "?[query dropped]"
-        log.info("%s %s", self.address_string(), message)
+        log.info("%s %s", self.address_string(), message.translate(CONTROL_CHARACTERS))
 
 
 def one(params, name):
@@ -1624,11 +1829,17 @@ def one(params, name):
 
 
 class Server(socketserver.ThreadingMixIn, HTTPServer):
-    """An HTTP server with one thread per connection (ThreadingHTTPServer, also on 3.6)."""
+    """An HTTP server with one thread per connection (ThreadingHTTPServer, also on 3.6).
+
+    Connections are capped, in all and per client address, so that no client can
+    hold every thread: one over a cap is closed at once, unread.
+    """
 
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128  # socketserver's 5 drops bursts of browsers' connections
+    max_connections = 256           # open connections in all
+    max_connections_per_client = 64  # open connections of one address: a quarter
 
     def __init__(self, config):
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
@@ -1649,11 +1860,50 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
         self.deadlines = {}      # connection -> when its request must have arrived
         self.deadlines_lock = threading.Lock()
         self.next_reaping = 0
+        self.connections = {}    # client address -> its open connections
+        self.connections_lock = threading.Lock()
+        self.next_refusal_log = 0
+        # --once: the login URL printed in the terminal carries this secret, and only
+        # a browser that has it may log in: not another user of this host first.
+        self.login_key = secrets.token_urlsafe(24) if config.once else None
 
-    def watch(self, connection):
-        """Start the clock: the next request on this connection has --client-timeout."""
+    def login_path(self):
+        """Return the path of /login, with the --once secret when there is one."""
+        return "/login" + ("?k=" + self.login_key if self.login_key else "")
+
+    def process_request(self, request, client_address):
+        """Serve a new connection in a thread of its own, unless a cap is reached."""
+        address = client_address[0]
+        with self.connections_lock:
+            mine = self.connections.get(address, 0)
+            allowed = (mine < self.max_connections_per_client
+                       and sum(self.connections.values()) < self.max_connections)
+            if allowed:
+                self.connections[address] = mine + 1
+        if allowed:
+            socketserver.ThreadingMixIn.process_request(self, request, client_address)
+            return
+        request.close()
+        if time.time() >= self.next_refusal_log:  # a flood logs one line a minute
+            self.next_refusal_log = time.time() + 60
+            log.warning("%s: connection refused, too many open (%d in all, %d per "
+                        "address at most)", address, self.max_connections,
+                        self.max_connections_per_client)
+
+    def process_request_thread(self, request, client_address):
+        """Serve one connection, then count it closed."""
+        try:
+            socketserver.ThreadingMixIn.process_request_thread(self, request, client_address)
+        finally:
+            with self.connections_lock:
+                left = self.connections.pop(client_address[0]) - 1
+                if left:
+                    self.connections[client_address[0]] = left
+
+    def watch(self, connection, seconds):
+        """Start the clock: the next request on this connection must come within seconds."""
         with self.deadlines_lock:
-            self.deadlines[connection] = time.time() + self.config.client_timeout
+            self.deadlines[connection] = time.time() + seconds
 
     def unwatch(self, connection):
         """Stop the clock of this connection."""
@@ -1713,6 +1963,10 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
         # a client dribbling its ClientHello is cut off too.
         request.settimeout(self.config.client_timeout)
         try:
+            first = request.recv(1, socket.MSG_PEEK)
+            if first.isalpha():  # a plain HTTP request ("GET ..."): say where to go
+                request.sendall(plain_http_answer(self.config.origin + "/"))
+                return
             request = self.tls.wrap_socket(request, server_side=True)
         except (OSError, ValueError):  # not TLS, or no handshake in time: just close
             return
@@ -1749,6 +2003,13 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name = self.server_address[0]
         self.server_port = self.server_address[1]
+
+
+def plain_http_answer(url):
+    """Return the plain-text 400 for a browser that spoke HTTP to the https port."""
+    text = ("This server speaks HTTPS only: open %s instead.\n" % url).encode("utf-8")
+    return (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(text)) + text
 
 
 def tls_context(config):
@@ -1802,7 +2063,7 @@ def run_once(config, server, saved):
     elif config.no_browser:
         return fail(1, "no saved login in %s: run once without --no-browser to log in"
                     % (config.token_file.path if config.token_file else "--token-file"))
-    login_url = config.origin + "/login"
+    login_url = config.origin + server.login_path()
     # Poll for shutdown every 0.1 s (not 0.5): the run ends soon after the login.
     thread = threading.Thread(target=server.serve_forever, args=(0.1,))
     thread.start()

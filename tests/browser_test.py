@@ -1,43 +1,29 @@
-"""make test-browser: the whole flow in headless Chromium (Debian package `chromium`).
+"""make test-browser: a person's use of the app in headless Chromium (Debian's `chromium`).
 
-Browsers enforce what Python clients do not: SameSite cookies and the
-Content-Security-Policy. The fake cloud is reached as `localhost` and the app as
-`127.0.0.1`, two different sites, so the return from Netatmo to /authenticate is a
-cross-site navigation, as with the real Netatmo: a SameSite=Strict cookie would not
-come back with it. The screenshot is decoded to check that the page's own style was
-applied: a policy that blocked it would leave the buttons grey, not blue.
+Browsers enforce what Python clients do not: the Origin of a form's POST, which the
+Referrer-Policy decides, SameSite cookies and the Content-Security-Policy. So these
+tests click the pages' own buttons with the mouse, through the DevTools protocol
+(tests/chromium.py), and read what reached the fake cloud. The fake is reached as
+`localhost` and the app as `127.0.0.1`, two different sites, so the return from
+Netatmo to /authenticate is a cross-site navigation, as with the real Netatmo: a
+SameSite=Strict cookie would not come back with it. The screenshot is decoded to
+check that the page's own style was applied: a policy that blocked it would leave
+the buttons grey, not blue.
 """
 
+import json
 import os
-import shutil
 import struct
-import subprocess
-import tempfile
 import unittest
+import urllib.parse
 import zlib
 
+from tests.chromium import CHROMIUM, Chromium
 from tests.support import AppTestCase, HERE
 
 OUTPUT = os.path.join(HERE, "output")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BUTTON_BLUE = (0x00, 0x66, 0xcc)  # .button and button: background #06c
-
-
-def chromium(*args):
-    """Run headless Chromium with a fresh profile; return (exit status, stdout, stderr)."""
-    profile = tempfile.mkdtemp()
-    try:
-        done = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-             "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--user-data-dir=" + profile,
-             "--virtual-time-budget=10000", "--run-all-compositor-stages-before-draw"]
-            + list(args),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120,
-            universal_newlines=True)
-        return done.returncode, done.stdout, "\n".join(done.stderr.splitlines()[-8:])
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+API = ("/api/homesdata", "/api/getstationsdata", "/api/gethomecoachsdata")
 
 
 def png_pixels(path):
@@ -85,18 +71,128 @@ class BrowserTest(AppTestCase):
 
     cache_seconds = 30
 
+    def app_settings(self):
+        # Another site than the app's 127.0.0.1: the way back from Netatmo is cross-site.
+        return {"api_url": self.fake.url.replace("127.0.0.1", "localhost")}
+
     def setUp(self):
         AppTestCase.setUp(self)
-        self.fake.auto_approve = "alice"  # the fake approves without a person...
-        self.fake.approve_from_page = True  # ...from a page of its own site, as Netatmo
-        port = self.fake.server.server_address[1]
-        # Another site than the app's 127.0.0.1: the way back from Netatmo is cross-site.
-        self.server.config.api_url = "http://localhost:%d" % port
+        self.fake_site = self.server.config.api_url
+        self.chromium = Chromium()
+        self.addCleanup(self.chromium.close)
         os.makedirs(OUTPUT, exist_ok=True)
+        self.seen = {}     # page title -> the labels of its buttons and links
+        self.clicked = set()  # (page title, label)
+
+    def title(self):
+        return self.chromium.evaluate("document.title")
+
+    def look(self):
+        """Note the buttons and links of the page shown; return its title."""
+        title = self.title()
+        self.seen.setdefault(title, set()).update(self.chromium.clickable())
+        return title
+
+    def click(self, label, then_path):
+        """Click a button or link of the page shown, as a person does; return the new URL."""
+        self.clicked.add((self.look(), label))
+        url = self.chromium.click(label, then_path)
+        self.look()
+        return url
+
+    def api_calls(self):
+        return sum(len(self.fake.requests_to(path)) for path in API)
+
+    def refreshes(self):
+        return len(self.fake.token_requests("refresh_token"))
+
+    def log_in(self):
+        """From the page shown, click through Netatmo's consent page to the devices."""
+        self.chromium.select("select[name=user]", "alice")
+        return self.click("Yes, I accept", "/devices")
+
+    def assertLoggedOut(self):
+        """/devices.json, opened in this browser, answers 401; the server holds no session."""
+        url = self.url + "/devices.json"
+        self.chromium.open(url)
+        self.assertEqual(self.chromium.status(url), 401)
+        self.assertEqual(json.loads(self.chromium.text())["error"], "not_authenticated")
+        self.assertEqual(self.server.sessions.sessions, {})
+
+    def test_every_button_of_every_page_does_what_it_says(self):
+        chromium = self.chromium
+        chromium.open(self.url + "/")
+        # The home page, logged out: its one button leads to Netatmo's consent page.
+        self.assertTrue(self.click("Log in with Netatmo", "/oauth2/authorize")
+                        .startswith(self.fake_site))
+        self.click("No, I refuse", "/authenticate")
+        self.assertIn("You declined", chromium.text())
+        self.click("Try again", "/oauth2/authorize")
+        self.log_in()
+        self.assertIn("73 devices", chromium.text())
+        self.assertEqual(len(self.fake.token_requests("authorization_code")), 1)
+
+        # Fetch again now: the list is cached for 30 s, yet a new fetch reaches Netatmo.
+        calls = self.api_calls()
+        self.click("Fetch again now", "/devices")
+        self.assertEqual(self.api_calls(), calls + 3)
+        # Renew the token now: exactly one refresh; the list is kept.
+        self.assertEqual(self.refreshes(), 0)
+        self.click("Renew the token now", "/devices")
+        self.assertEqual(self.refreshes(), 1)
+        self.assertEqual(self.api_calls(), calls + 3)
+        # Home, and the buttons of the home page when logged in.
+        self.click("Home", "/")
+        self.assertIn("You are logged in", chromium.text())
+        self.click("Show my devices", "/devices")
+        self.click("Home", "/")
+        self.click("Renew the token now", "/devices")
+        self.assertEqual(self.refreshes(), 2)
+        self.click("Home", "/")
+        self.click("Log out", "/")
+        self.assertIn("Log in with Netatmo", chromium.text())
+        self.assertLoggedOut()
+
+        # Log out from the device page too.
+        chromium.open(self.url + "/")
+        self.click("Log in with Netatmo", "/oauth2/authorize")
+        self.log_in()
+        self.click("Log out", "/")
+        self.assertLoggedOut()
+
+        # The error pages' buttons lead on.
+        chromium.open(self.url + "/authenticate?code=stale&state=stale")
+        self.assertIn("This login link is not valid", chromium.text())
+        self.click("Log in again", "/oauth2/authorize")
+        chromium.open(self.url + "/nowhere")
+        self.click("Back to the start", "/")
+
+        missed = sorted((title, label) for title, labels in self.seen.items()
+                        for label in labels if (title, label) not in self.clicked)
+        self.assertEqual(missed, [])
+        self.assertNoTraceback()
+
+    def test_a_form_on_another_site_cannot_log_a_person_out(self):
+        self.chromium.open(self.url + "/")
+        self.click("Log in with Netatmo", "/oauth2/authorize")
+        self.log_in()
+        attack = "%s/_fake/form?%s" % (self.fake_site, urllib.parse.urlencode(
+            {"action": self.url + "/logout", "label": "Win a prize"}))
+        self.chromium.open(attack)
+        self.chromium.click("Win a prize", "/logout")
+        self.assertEqual(self.chromium.status(self.url + "/logout"), 403)
+        self.assertIn("Request from another site refused", self.chromium.text())
+        self.assertEqual(len(self.server.sessions.sessions), 1)
+        self.chromium.open(self.url + "/devices.json")
+        self.assertEqual(self.chromium.status(self.url + "/devices.json"), 200)
 
     def test_login_in_chromium_ends_on_the_device_list(self):
-        status, dom, said = chromium("--dump-dom", self.url + "/login")
-        self.assertEqual(status, 0, said)
+        self.fake.auto_approve = "alice"  # the fake approves without a person...
+        self.fake.approve_from_page = True  # ...from a page of its own site, as Netatmo
+        self.chromium.open(self.url + "/login")
+        url = self.chromium.wait_for_load(0, "/devices")
+        self.assertEqual(url, self.url + "/devices")
+        dom = self.chromium.evaluate("document.documentElement.outerHTML")
         for name in ("Your Netatmo devices", "73 devices", "MyStation", "Villa",
                      "Écocompteur"):
             self.assertIn(name, dom)
@@ -107,9 +203,10 @@ class BrowserTest(AppTestCase):
         screenshot = os.path.join(OUTPUT, "devices.png")
         if os.path.exists(screenshot):
             os.remove(screenshot)
-        status, _, said = chromium("--screenshot=" + screenshot, "--window-size=1000,700",
-                                   "--hide-scrollbars", self.url + "/login")
-        self.assertTrue(os.path.exists(screenshot), "exit %d: %s" % (status, said))
+        self.fake.auto_approve = "alice"
+        self.chromium.open(self.url + "/login")
+        self.chromium.wait_for_load(0, "/devices")
+        self.chromium.screenshot(screenshot)
         width, height, rows = png_pixels(screenshot)
         blue = sum(1 for row in rows for pixel in row if pixel == BUTTON_BLUE)
         print("\nbrowser: screenshot %s, %dx%d, %d pixels of the buttons' blue"

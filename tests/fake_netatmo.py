@@ -222,7 +222,10 @@ class FakeNetatmo(object):
         Kinds: "500_html", "non_json", "reset", "hang", "slow", "no_body", "no_token",
         "rate_limit" (429 code 26), "rate_limit_403" (the older 403 code 26),
         "too_many_connections", "invalid_grant", "invalid_client", "scope" (403 code 13),
-        "redirect" (302 to /elsewhere), or ("body", value): a 200 envelope holding value.
+        "redirect" (302 to /elsewhere), "huge" (9 MB, with its length), "endless" (9 MB
+        without a length, until the connection closes), "deep" (JSON nested 100,000
+        deep), ("body", value): a 200 envelope holding value, or ("json", value): a 200
+        whose whole answer is value.
         """
         with self.lock:
             self.faults.append([path, kind, times])
@@ -355,8 +358,11 @@ class FakeNetatmo(object):
         """Create a token pair (the caller holds the lock) and return the answer."""
         access_token = "%s|%s" % (hexes(24), hexes(32))
         refresh_token = "%s|%s" % (hexes(24), hexes(32))
-        self.access_tokens[access_token] = Grant(user, client_id, list(scope),
-                                                 time.time() + self.expires_in)
+        try:
+            expires_at = time.time() + self.expires_in
+        except OverflowError:  # a lifetime of 400 digits, for the client's sake
+            expires_at = float("inf")
+        self.access_tokens[access_token] = Grant(user, client_id, list(scope), expires_at)
         self.refresh_tokens[refresh_token] = Grant(user, client_id, list(scope), None)
         self.access_of_refresh[refresh_token] = access_token
         answer = {"access_token": access_token, "refresh_token": refresh_token}
@@ -452,6 +458,13 @@ def consent_page(params, users):
             "</form></body></html>" % (scopes, hidden, options)).encode("utf-8")
 
 
+def foreign_form(action, label):
+    """Return a page of another site whose one button POSTs a form to action."""
+    return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Another site</title>"
+            "</head><body><form method=\"post\" action=\"%s\"><button>%s</button></form>"
+            "</body></html>" % (html.escape(action), html.escape(label))).encode("utf-8")
+
+
 class FakeHandler(BaseHTTPRequestHandler):
     """Routes the fake's requests, records them, and injects faults."""
 
@@ -509,6 +522,9 @@ class FakeHandler(BaseHTTPRequestHandler):
         elif path == "/_fake/latency" and self.command == "POST":
             fake.latency = float(form.get("seconds", 0))
             self.answer_json(200, {"latency": fake.latency})
+        elif path == "/_fake/form":  # a page of another site with a form aimed at us
+            self.answer(200, foreign_form(query.get("action", "/"), query.get("label", "Go")),
+                        "text/html; charset=utf-8")
         elif path in ENDPOINT_SCOPES:
             if fake.latency:
                 fake.stopping.wait(fake.latency)
@@ -565,8 +581,27 @@ class FakeHandler(BaseHTTPRequestHandler):
         if isinstance(kind, tuple) and kind[0] == "body":
             self.answer_json(200, {"body": kind[1], "status": "ok", "time_server": 1559171003})
             return True
+        if isinstance(kind, tuple) and kind[0] == "json":
+            self.answer_json(200, kind[1])
+            return True
         if kind == "redirect":
             self.answer(302, b"", "text/plain", {"Location": fake.url + "/elsewhere"})
+            return True
+        if kind == "huge":
+            self.answer(200, b'{"body": {}, "status": "ok", "padding": "' + b"x" * (9 << 20)
+                        + b'"}', "application/json")
+            return True
+        if kind == "endless":  # no Content-Length: the answer ends when the connection does
+            self.close_connection = True
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            for _ in range(9 * 16):
+                self.wfile.write(b" " * 65536)
+            return True
+        if kind == "deep":
+            self.answer(200, b"[" * 100000 + b"]" * 100000, "application/json")
             return True
         answers = {
             "500_html": (500, b"<html><body><h1>500 Internal Server Error</h1></body></html>",

@@ -3,6 +3,7 @@
 import http.client
 import logging
 import os
+import socket
 import ssl
 import sys
 import threading
@@ -21,6 +22,22 @@ os.environ["no_proxy"] = os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 
 CLIENT_ID = "test-client"
 CLIENT_SECRET = "test-secret"
+
+
+def raw_exchange(port, data, read_all=True):
+    """Send raw bytes to 127.0.0.1:port and return what comes back before close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if not read_all:
+                break
+    return b"".join(chunks)
+
 
 
 class LogCapture(logging.Handler):
@@ -141,8 +158,12 @@ class AppTestCase(unittest.TestCase):
         logger.setLevel(logging.DEBUG)
         logger.propagate = False
         self.addCleanup(logger.removeHandler, self.log)
-        self.server = self.start_app()
+        self.server = self.start_app(**self.app_settings())
         self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+
+    def app_settings(self):
+        """Return the settings of the app each test starts with, beyond the usual."""
+        return {}
 
     def start_app(self, **settings):
         """Start netatmo_stdlib on a free port against the fake; return its server."""

@@ -5,26 +5,10 @@ import hashlib
 import os
 import re
 import resource
-import socket
 
 import netatmo_stdlib
 from tests.fake_netatmo import FakeNetatmo, TLS_CERT
-from tests.support import AppTestCase, Browser, CLIENT_ID, CLIENT_SECRET
-
-
-def raw_exchange(port, data, read_all=True):
-    """Send raw bytes to 127.0.0.1:port and return what comes back before close."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        chunks = []
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            if not read_all:
-                break
-    return b"".join(chunks)
+from tests.support import AppTestCase, Browser, CLIENT_ID, CLIENT_SECRET, raw_exchange
 
 
 def trust_test_certificate(test):
@@ -55,7 +39,7 @@ class HeadersTest(AppTestCase):
                 h = response.headers
                 self.assertEqual(h["Content-Type"], "text/html; charset=utf-8")
                 self.assertEqual(h["Cache-Control"], "no-store")
-                self.assertEqual(h["Referrer-Policy"], "no-referrer")
+                self.assertEqual(h["Referrer-Policy"], "same-origin")
                 self.assertEqual(h["X-Content-Type-Options"], "nosniff")
                 csp = h["Content-Security-Policy"]
                 self.assertIn("default-src 'none'", csp)
@@ -106,6 +90,19 @@ class HeadersTest(AppTestCase):
         self.assertEqual(self.fake.token_requests("refresh_token"), [])
         self.assertEqual(browser.get(self.url + "/devices.json").status, 200)  # still in
         response = browser.post(self.url + "/logout", headers={"Origin": self.url})
+        self.assertEqual(response.status, 303)
+        self.assertEqual(browser.get(self.url + "/devices.json").status, 401)
+
+    def test_post_that_fetch_metadata_calls_another_site_is_refused(self):
+        browser, _ = self.login("alice")
+        for site in ("cross-site", "same-site"):
+            with self.subTest(site=site):
+                response = browser.post(self.url + "/logout",
+                                        headers={"Sec-Fetch-Site": site})
+                self.assertEqual(response.status, 403)
+        self.assertEqual(browser.get(self.url + "/devices.json").status, 200)  # still in
+        response = browser.post(self.url + "/logout", headers={
+            "Sec-Fetch-Site": "same-origin", "Origin": self.url})
         self.assertEqual(response.status, 303)
         self.assertEqual(browser.get(self.url + "/devices.json").status, 401)
 

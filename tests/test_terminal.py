@@ -12,6 +12,8 @@ import sys
 import tempfile
 import threading
 import time
+import unittest
+import urllib.parse
 
 from tests.fake_netatmo import TLS_CERT, TLS_KEY
 from tests.support import AppTestCase, Browser, CLIENT_ID, CLIENT_SECRET, ROOT
@@ -32,17 +34,25 @@ def client_hello():
     return outgoing.read()
 
 
+# Start the program with files capped at N bytes (writing more fails with EFBIG).
+FILE_SIZE_CAP = ("import os, resource, sys; n = int(sys.argv.pop(1)); "
+                 "resource.setrlimit(resource.RLIMIT_FSIZE, (n, n)); "
+                 "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
+
+
 class OnceRun(object):
     """netatmo_stdlib --once in a child process, against the test's fake cloud."""
 
     def __init__(self, test, *args, **env):
         self.test = test
+        cap = env.pop("file_size_cap", None)
         environment = dict(os.environ, NETATMO_CLIENT_ID=CLIENT_ID,
                            NETATMO_CLIENT_SECRET=CLIENT_SECRET)
         environment.update(env)
+        start = [sys.executable] + (["-c", FILE_SIZE_CAP, str(cap)] if cap else [])
         self.process = subprocess.Popen(
-            [sys.executable, PROGRAM, "--once", "--port", "0", "--api-url", test.fake.url,
-             "--cache-seconds", "0"] + list(args),
+            start + [PROGRAM, "--once", "--port", "0", "--api-url", test.fake.url,
+                     "--cache-seconds", "0"] + list(args),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
             universal_newlines=True, env=environment)
         test.addCleanup(self.kill)
@@ -163,6 +173,23 @@ class OnceTest(AppTestCase):
         self.assertEqual(status, 130)
         self.assertNotIn("Traceback", err)
 
+    def test_only_the_printed_login_address_can_log_in(self):
+        run = OnceRun(self)
+        url = run.wait_for_login_url()
+        key = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["k"][0]
+        self.assertGreaterEqual(len(key), 22)  # at least 128 bits, base64
+        origin = url.split("/login")[0]
+        for other in (origin + "/login", origin + "/login?k=" + "A" * len(key),
+                      origin + "/login?k=" + key + "&k=x"):
+            with self.subTest(url=other):
+                response = Browser().get(other)  # another user of this host, first
+                self.assertEqual(response.status, 403)
+                self.assertIn("Open the address printed in the terminal", response.text)
+        self.assertEqual(self.fake.requests_to("/oauth2/authorize"), [])
+        hops = Browser().follow(url, approve_as="alice")
+        self.assertEqual(hops[-1].status, 200)
+        self.assertEqual(run.finish()[0], 0)
+
     def test_terminal_flags_need_once(self):
         for flag in (["--json"], ["--wait", "5"], ["--no-browser"]):
             with self.subTest(flag=flag):
@@ -228,8 +255,9 @@ class TokenFileTest(AppTestCase):
     def test_a_refreshed_pair_that_cannot_be_saved_ends_the_run(self):
         self.browser_login()
         device_calls = len(self.fake.requests_to("/api/homesdata"))
-        os.mkdir(self.path + ".tmp")  # the temporary name is taken by a folder
-        status, out, err = OnceRun(self, "--token-file", self.path).finish()
+        # The folder takes new files, but not their content: a full disk, a quota.
+        status, out, err = OnceRun(self, "--token-file", self.path,
+                                   file_size_cap=64).finish()
         self.assertEqual((status, out), (2, ""))
         self.assertIn("could not be written", err)
         self.assertEqual(len(self.fake.token_requests("refresh_token")), 1)
@@ -283,6 +311,88 @@ class TokenFileTest(AppTestCase):
         self.assertEqual(status, 2)
         self.assertIn("not writable", err)
 
+    def test_a_fifo_at_the_path_is_refused_at_once(self):
+        os.mkfifo(self.path, 0o600)
+        started = time.time()
+        status, _, err = OnceRun(self, "--token-file", self.path).finish()
+        self.assertEqual(status, 2, err)
+        self.assertIn("is not a regular file", err)
+        self.assertLess(time.time() - started, 10)
+
+    @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0,
+                         "only root can give a file to another user")
+    def test_another_users_file_is_refused_even_by_root(self):
+        content = json.dumps({"access_token": "a", "refresh_token": "r", "expires_at": 1,
+                              "scope": []})
+        with open(self.path, "w") as f:
+            f.write(content)
+        os.chmod(self.path, 0o600)
+        os.chown(self.path, 65534, 65534)
+        status, _, err = OnceRun(self, "--token-file", self.path).finish()
+        self.assertEqual(status, 2, err)
+        self.assertIn("belongs to another user", err)
+        self.assertEqual(self.fake.token_requests(), [])
+
+    def test_content_of_any_wrong_type_exits_2(self):
+        good = {"access_token": "a", "refresh_token": "r", "expires_at": 1, "scope": []}
+        for field, value in (("scope", 5), ("scope", "read_station"), ("scope", [1]),
+                             ("expires_at", "soon"), ("expires_at", True),
+                             ("access_token", 7), ("refresh_token", {"r": 1})):
+            with self.subTest(field=field, value=value):
+                self.assertRefused(json.dumps(dict(good, **{field: value})), 0o600,
+                                   "not a token file")
+        self.assertRefused(json.dumps(good).replace("1,", "NaN,"), 0o600, "not a token file")
+        self.assertRefused("[" * 100000, 0o600, "not a token file")
+
+    def test_a_name_taken_in_the_folder_does_not_stop_the_save(self):
+        os.mkdir(self.path + ".tmp")  # what a fixed temporary name would have met
+        status, _, err = self.browser_login()
+        self.assertEqual(status, 0, err)
+        self.assertIn(self.saved()["refresh_token"], self.fake.refresh_tokens)
+        self.assertEqual(sorted(os.listdir(os.path.dirname(self.path))),
+                         ["netatmo-tokens.json", "netatmo-tokens.json.tmp"])
+
+    @unittest.skipIf(sys.version_info < (3, 8), "audit hooks came with Python 3.8")
+    def test_the_folder_is_synced_after_the_rename(self):
+        self.browser_login()
+        record = self.path + ".events"
+        watch = ("import json, sys, runpy, atexit; seen = []; sys.addaudithook(lambda e, a: "
+                 "seen.append([e, str(a[0]), str(a[1])]) if e in ('os.rename', 'open') "
+                 "else None); atexit.register(lambda: open(%r, 'w').write(json.dumps("
+                 "list(seen)))); sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], "
+                 "run_name='__main__')" % record)
+        process = subprocess.run(
+            [sys.executable, "-c", watch, PROGRAM, "--once", "--port", "0", "--api-url",
+             self.fake.url, "--token-file", self.path, "--no-browser"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, universal_newlines=True,
+            env=dict(os.environ, NETATMO_CLIENT_ID=CLIENT_ID,
+                     NETATMO_CLIENT_SECRET=CLIENT_SECRET), timeout=30)
+        self.assertEqual(process.returncode, 0, process.stderr)
+        with open(record) as f:
+            events = json.load(f)
+        renamed = [i for i, (e, _, target) in enumerate(events)
+                   if e == "os.rename" and target == self.path]
+        self.assertEqual(len(renamed), 1)
+        folder = os.path.dirname(self.path)
+        self.assertIn(["open", folder], [e[:2] for e in events[renamed[0]:]])
+
+    def test_an_unwritable_folder_stops_the_run_before_any_refresh(self):
+        self.browser_login()
+        folder = os.path.dirname(self.path)
+        if os.geteuid() == 0:  # root writes anywhere, but not into an immutable folder
+            if subprocess.call(["chattr", "+i", folder], stderr=subprocess.DEVNULL):
+                self.skipTest("chattr +i is not available here")
+            self.addCleanup(subprocess.call, ["chattr", "-i", folder])
+        else:
+            os.chmod(folder, 0o500)
+            self.addCleanup(os.chmod, folder, 0o700)
+        before = self.saved()
+        status, out, err = OnceRun(self, "--token-file", self.path, "--no-browser").finish()
+        self.assertEqual((status, out), (2, ""), err)
+        self.assertIn("not writable", err)
+        self.assertEqual(self.fake.token_requests("refresh_token"), [])
+        self.assertEqual(self.saved(), before)
+
     def test_symlink_planted_at_the_temporary_name_is_not_followed(self):
         victim = self.path + ".victim"
         with open(victim, "w") as f:
@@ -322,12 +432,16 @@ class HttpsTest(AppTestCase):
         for header in browser.set_cookies:
             self.assertIn("Secure", [a.strip() for a in header.split(";")])
 
-    def test_plain_http_to_the_https_port_is_closed_quietly(self):
+    def test_plain_http_to_the_https_port_is_told_to_use_https(self):
         server = self.start_app(certfile=TLS_CERT, keyfile=TLS_KEY)
-        with self.assertRaises(Exception):
-            Browser().get("http://127.0.0.1:%d/healthz" % server.server_address[1])
-        https = Browser().get("https://127.0.0.1:%d/healthz" % server.server_address[1])
+        port = server.server_address[1]
+        plain = Browser().get("http://127.0.0.1:%d/healthz" % port)
+        self.assertEqual(plain.status, 400)
+        self.assertEqual(plain.headers["Content-Type"], "text/plain; charset=utf-8")
+        self.assertIn("open https://127.0.0.1:%d/ instead" % port, plain.text)
+        https = Browser().get("https://127.0.0.1:%d/healthz" % port)
         self.assertEqual(https.status, 200)
+        self.assertEqual(https.headers["Strict-Transport-Security"], "max-age=31536000")
         self.assertNoTraceback()
 
     def test_bad_certificate_files_are_a_bad_setting(self):
