@@ -6,14 +6,17 @@ prints, log in at Netatmo, and it shows the devices of your account.
 
 How the OAuth2 authorization-code flow (RFC 6749, section 4.1) runs here:
 
-(a) Receive the authorization request: the browser asks for GET /login. We create a
-    pending login: a random `state` (256 bits) bound to a random session cookie, valid
-    for 10 minutes and usable once, plus a PKCE `code_verifier` (RFC 7636).
+(a) Receive the authorization request: the browser asks for GET /login. We start a
+    login and keep nothing of it: the browser holds it, in a cookie (netatmo_login)
+    with a random nonce and its time, signed with a key only this run knows. The
+    login's `state` and its PKCE `code_verifier` (RFC 7636) are derived from the
+    nonce under that key.
 (b) Redirect to Netatmo: a 302 to https://api.netatmo.com/oauth2/authorize with our
     client_id, redirect_uri, scope, state and the verifier's S256 challenge. The person
     logs in there and approves; we never see their password.
 (c) Receive the code: Netatmo sends the browser back to GET /authenticate?code=...&state=...
-    We accept the code only if `state` is the one bound to this browser's cookie.
+    We accept the code only if the login cookie is signed by us, less than 10 minutes
+    old, not used before, and `state` is the one derived from its nonce.
 (d) Exchange the code for a token: we POST it, with our client secret, to
     https://api.netatmo.com/oauth2/token and keep the access and refresh tokens in
     memory, server-side, under a new session id. The browser only ever holds that id.
@@ -29,7 +32,8 @@ The same flow also runs in a terminal: --once waits for one login, prints the
 devices and exits, and --token-file keeps the tokens in a file (0600) so that a later
 run, or another program, can refresh them without a browser.
 
-What this protects: the login against forged callbacks (state), the code against
+What this protects: the login against forged callbacks (state, bound to the
+browser by the signed login cookie), the code against
 interception (PKCE, where Netatmo honours it), the tokens (never in a URL, a page or
 a log line), the session cookie (HttpOnly, SameSite=Lax, Secure over https).
 What it does not: it is a small teaching server, not a hardened production one.
@@ -67,7 +71,8 @@ log = logging.getLogger("netatmo_stdlib")
 DEFAULT_API_URL = "https://api.netatmo.com"
 DEFAULT_SCOPES = "read_station read_thermostat read_homecoach"
 APPS_PAGE = "https://dev.netatmo.com/apps/"
-COOKIE_NAME = "netatmo_session"
+COOKIE_NAME = "netatmo_session"      # the logged-in session's id
+LOGIN_COOKIE_NAME = "netatmo_login"  # a login in progress, signed (see Logins)
 
 # The three endpoints that list devices, the scope each needs, and what a
 # person calls that product line when it is not granted.
@@ -106,7 +111,7 @@ class Config(object):
                  redirect_uri=None, scopes=DEFAULT_SCOPES, api_url=DEFAULT_API_URL,
                  timeout=10.0, cache_seconds=30.0, once=False, json_output=False,
                  wait=300.0, token_file=None, no_browser=False, open_browser=False,
-                 certfile=None, keyfile=None, client_timeout=30.0):
+                 certfile=None, keyfile=None, client_timeout=30.0, pkce=True):
         self.client_id = client_id
         self.client_secret = client_secret
         self.host = host
@@ -124,6 +129,7 @@ class Config(object):
         self.certfile = certfile          # serve https with this certificate and key
         self.keyfile = keyfile
         self.client_timeout = client_timeout  # a browser's request must arrive within this
+        self.pkce = pkce                  # send a PKCE challenge and verifier (RFC 7636)
         self.redirect_uri = redirect_uri or self.default_redirect_uri()
 
     def default_redirect_uri(self):
@@ -155,6 +161,15 @@ class Config(object):
         Path=/ and no Domain: no page on another port or subdomain can set one.
         """
         return ("__Host-" if self.secure_cookies else "") + COOKIE_NAME
+
+    @property
+    def login_cookie_name(self):
+        """Return the login cookie's name: with the __Secure- prefix over https.
+
+        Its Path is /authenticate, which __Host- does not allow; __Secure- still
+        keeps a page served over plain http, on any port, from setting one.
+        """
+        return ("__Secure-" if self.secure_cookies else "") + LOGIN_COOKIE_NAME
 
 
 def origin_of(url):
@@ -227,6 +242,8 @@ exit status: 0 done, 1 declined or login failed, 2 bad setting, 3 --wait ran out
     add("--certfile", metavar="PATH", help="serve https with this certificate (PEM); "
         "needs --keyfile")
     add("--keyfile", metavar="PATH", help="the private key of --certfile (PEM)")
+    add("--no-pkce", action="store_true", help="leave PKCE's code_challenge out of the "
+        "login, should Netatmo ever refuse it (env NETATMO_PKCE=0)")
     add("--open", action="store_true", help="open the address in a web browser")
     terminal = parser.add_argument_group("terminal mode")
     terminal.add_argument("--once", action="store_true", help="wait for one login, print "
@@ -301,10 +318,11 @@ def read_config(argv, environ):
                         ("--no-browser", args.no_browser)):
         if value and not args.once:
             raise ConfigError("%s works with --once only" % flag)
+    pkce = not args.no_pkce and environ.get("NETATMO_PKCE", "1").strip() != "0"
     config = Config(client_id.strip(), client_secret, host, port, redirect_uri, scopes,
                     api_url, timeout, cache_seconds, args.once, args.json, wait,
                     args.token_file, args.no_browser, args.open, args.certfile, args.keyfile,
-                    client_timeout)
+                    client_timeout, pkce)
     if config.token_file:  # before anything can refresh, and rotate the saved pair
         config.token_file.check_writable()
     return config
@@ -418,7 +436,7 @@ class NetatmoClient(object):
         """Close the connections kept open to Netatmo."""
         self.connections.close()
 
-    def authorize_url(self, state, code_challenge):
+    def authorize_url(self, state, code_challenge=None):
         """Return the URL of Netatmo's consent page for this login (step b)."""
         params = [
             ("client_id", self.config.client_id),
@@ -426,24 +444,26 @@ class NetatmoClient(object):
             ("scope", self.config.scopes),
             ("state", state),
             ("response_type", "code"),
-            ("code_challenge", code_challenge),
-            ("code_challenge_method", "S256"),
         ]
+        if code_challenge is not None:  # PKCE, unless --no-pkce
+            params += [("code_challenge", code_challenge), ("code_challenge_method", "S256")]
         # quote_via=quote writes the spaces between scopes as %20, as Netatmo expects.
         query = urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
         return self.config.api_url + "/oauth2/authorize?" + query
 
-    def exchange_code(self, code, code_verifier):
+    def exchange_code(self, code, code_verifier=None):
         """Return Tokens for an authorization code (step d)."""
-        return self.token_request([
+        form = [
             ("grant_type", "authorization_code"),
             ("client_id", self.config.client_id),
             ("client_secret", self.config.client_secret),
             ("code", code),
             # Byte for byte the redirect_uri of step (b), or Netatmo says invalid_grant.
             ("redirect_uri", self.config.redirect_uri),
-            ("code_verifier", code_verifier),
-        ])
+        ]
+        if code_verifier is not None:  # PKCE, unless --no-pkce
+            form.append(("code_verifier", code_verifier))
+        return self.token_request(form)
 
     def refresh(self, refresh_token):
         """Return new Tokens for a refresh token; Netatmo retires the old pair."""
@@ -783,21 +803,78 @@ def devices_of(bodies):
 
 # ---- Sessions ------------------------------------------------------------------
 
-class PendingLogin(object):
-    """A login between steps (a) and (c): its state and PKCE verifier."""
-    __slots__ = ("state", "code_verifier", "created_at", "client")
+class Logins(object):
+    """Logins in progress, kept by the browsers, not here: a signed cookie each.
 
-    def __init__(self, now, client):
-        self.client = client                            # the address that asked
-        self.state = secrets.token_urlsafe(32)          # 256 bits
-        self.code_verifier = secrets.token_urlsafe(48)  # 64 characters, as RFC 7636 allows
-        self.created_at = now
+    GET /login makes a random nonce and hands the browser, in the netatmo_login
+    cookie, the nonce, its issue time and their HMAC-SHA256 under a key made at
+    start: never stored, never logged, new at every start. The login's `state` and
+    its PKCE `code_verifier` are derived from the nonce under the same key, so
+    neither is stored anywhere either. A flood of /login has nothing to fill and
+    nothing to evict: a person's login in progress costs this server nothing.
 
-    @property
-    def code_challenge(self):
-        """Return the S256 PKCE challenge: BASE64URL(SHA256(code_verifier)), unpadded."""
-        digest = hashlib.sha256(self.code_verifier.encode("ascii")).digest()
+    What the server does keep is bounded: the nonces of the logins that reached
+    Netatmo's token endpoint, until they expire, so that a state works once.
+    """
+
+    ttl = 10 * 60      # a login must come back from Netatmo within this many seconds
+    max_used = 10000   # used nonces remembered; past that the oldest are dropped
+
+    def __init__(self, clock=time.time):
+        self.clock = clock
+        self.key = secrets.token_bytes(32)
+        self.used = OrderedDict()  # nonce -> when its cookie expires, oldest first
+        self.lock = threading.Lock()
+
+    def start(self):
+        """Return (cookie value, nonce) for a new login: nonce.issued.signature."""
+        nonce = secrets.token_urlsafe(16)  # 128 bits
+        signed = "%s.%d" % (nonce, self.clock())
+        return signed + "." + self.mac("cookie", signed), nonce
+
+    def nonce_of(self, cookie):
+        """Return the nonce of a login cookie signed here less than ttl ago, else None."""
+        parts = (cookie or "").split(".")
+        if len(parts) != 3 or not parts[1].isdigit():
+            return None
+        signed = parts[0] + "." + parts[1]
+        if not hmac.compare_digest(parts[2].encode(), self.mac("cookie", signed).encode()):
+            return None  # tampered with, or signed before a restart (another key)
+        if not 0 <= self.clock() - int(parts[1]) <= self.ttl:
+            return None
+        return parts[0]
+
+    def state(self, nonce):
+        """Return the login's `state`: 43 characters derived from the nonce."""
+        return self.mac("state", nonce)
+
+    def code_verifier(self, nonce):
+        """Return the login's PKCE code_verifier (RFC 7636): 43 characters."""
+        return self.mac("code_verifier", nonce)
+
+    def mac(self, purpose, text):
+        """Return HMAC-SHA256(key, purpose:text) in unpadded base64url."""
+        digest = hmac.new(self.key, ("%s:%s" % (purpose, text)).encode("utf-8"),
+                          hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+    def use(self, nonce):
+        """Mark a login's nonce used; return False if it was used already."""
+        now = self.clock()
+        with self.lock:
+            while self.used and (next(iter(self.used.values())) < now
+                                 or len(self.used) >= self.max_used):
+                self.used.popitem(last=False)
+            if nonce in self.used:
+                return False
+            self.used[nonce] = now + self.ttl
+            return True
+
+
+def code_challenge(code_verifier):
+    """Return the S256 PKCE challenge: BASE64URL(SHA256(code_verifier)), unpadded."""
+    digest = hashlib.sha256(code_verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 class LoginExpired(Exception):
@@ -912,69 +989,15 @@ def outlived(tokens):
 
 
 class SessionStore(object):
-    """Pending logins and sessions, keyed by random cookie values, under one lock."""
+    """Logged-in sessions, keyed by random cookie values, under one lock."""
 
-    pending_ttl = 10 * 60        # a login must come back from Netatmo within this
     session_ttl = 24 * 60 * 60   # a session unused for this long is forgotten
-    max_pending = 10000             # pending logins in all (see evictable)
-    max_pending_per_client = 1000   # pending logins of one address, its oldest evicted
 
     def __init__(self, clock=time.time):
         self.clock = clock
         self.lock = threading.Lock()
-        self.pending = OrderedDict()  # oldest first
-        self.pending_count = {}       # client address -> its pending logins
         self.sessions = {}
         self.next_sweep = 0
-
-    def start_login(self, client):
-        """Return (cookie value, PendingLogin) for a new login of a client (step a).
-
-        A flood of /login evicts the flood's own oldest pending logins, not those of
-        the people who are at Netatmo's page right now.
-        """
-        now = self.clock()
-        login = PendingLogin(now, client)
-        sid = secrets.token_urlsafe(32)
-        with self.lock:
-            self.pending[sid] = login
-            self.pending_count[client] = self.pending_count.get(client, 0) + 1
-            if self.pending_count[client] > self.max_pending_per_client:
-                oldest = next(s for s, x in self.pending.items() if x.client == client)
-                self.forget_pending(oldest)
-            if len(self.pending) > self.max_pending:
-                self.forget_pending(self.evictable())
-        return sid, login
-
-    def evictable(self):
-        """Return the pending login to drop when the store is full; the lock is held.
-
-        The oldest of an address that has several (a flood), not a person's single
-        pending login; only if every address has one, the oldest of all.
-        """
-        for sid, login in self.pending.items():
-            if self.pending_count[login.client] > 1:
-                return sid
-        return next(iter(self.pending))
-
-    def forget_pending(self, sid):
-        """Drop a pending login, if there; the caller holds the lock. Return it."""
-        login = self.pending.pop(sid, None)
-        if login is not None:
-            left = self.pending_count[login.client] - 1
-            if left:
-                self.pending_count[login.client] = left
-            else:
-                del self.pending_count[login.client]
-        return login
-
-    def take_login(self, sid):
-        """Remove and return the pending login of this cookie, if it is still valid."""
-        with self.lock:
-            login = self.forget_pending(sid)
-        if login is None or self.clock() - login.created_at > self.pending_ttl:
-            return None
-        return login
 
     def create(self, tokens):
         """Return (new cookie value, Session) for tokens just obtained."""
@@ -1000,24 +1023,18 @@ class SessionStore(object):
             return session
 
     def delete(self, sid):
-        """Forget the session or pending login of this cookie value."""
+        """Forget the session of this cookie value."""
         with self.lock:
             self.sessions.pop(sid, None)
-            self.forget_pending(sid)
 
     def sweep(self, now):
-        """Drop expired entries, at most once a minute; the caller holds the lock."""
+        """Drop expired sessions, at most once a minute; the caller holds the lock."""
         if now < self.next_sweep:
             return
         self.next_sweep = now + 60
         for sid in [s for s, x in self.sessions.items()
                     if now - x.last_seen > self.session_ttl]:
             del self.sessions[sid]
-        while self.pending:
-            sid, login = next(iter(self.pending.items()))
-            if now - login.created_at <= self.pending_ttl:
-                break
-            self.forget_pending(sid)
 
 
 def fetch_device_list(session, client, requested_scopes):
@@ -1338,7 +1355,8 @@ AUTHORIZE_ERRORS = {
                       "can take a few minutes to become active.",
     "invalid_scope": "Netatmo refused a scope this program asked for. Check --scopes.",
     "invalid_request": "Netatmo found the login request malformed. Check --client-id, "
-                       "--redirect-uri and --scopes.",
+                       "--redirect-uri and --scopes. If Netatmo's page named "
+                       "code_challenge, start this program with --no-pkce.",
 }
 
 
@@ -1406,7 +1424,7 @@ class Handler(BaseHTTPRequestHandler):
     max_header_lines = 50         # header lines of a request; more gets 431
     max_requests = 100            # requests on one connection; the last says close
     keep_alive_seconds = 5.0      # an idle connection's next request must come by then
-    expired_cookies = ()          # Set-Cookie headers that expire planted cookies
+    cookies = ()                  # the Set-Cookie headers of the answer being made
     # http.server writes the headers and the body in two small packets; with Nagle's
     # algorithm the second waits for the client's delayed ACK: 40 ms on every answer.
     disable_nagle_algorithm = True
@@ -1464,7 +1482,7 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         self.query = self.path[len(path) + 1:]
         methods = self.routes.get(path)
-        self.expired_cookies = ()
+        self.cookies = []
         self.requests += 1
         if self.requests >= self.max_requests:  # a busy client does not keep it for ever
             self.close_connection = True
@@ -1533,41 +1551,57 @@ class Handler(BaseHTTPRequestHandler):
             # The cookie we set here must come back on the redirect URI's origin.
             self.redirect(302, config.origin + self.server.login_path())
             return
-        # (a) Receive the authorization request: a new pending login and its cookie.
-        for old_sid in self.cookie_values():
-            self.server.sessions.delete(old_sid)  # a new login replaces the old one
-        sid, login = self.server.sessions.start_login(self.client_address[0])
+        # (a) Receive the authorization request: a new login, kept in a signed cookie.
+        # The session cookie, if any, is left alone: a link to /login from another
+        # site must not log the person out. Only a login that succeeds replaces it.
+        logins = self.server.logins
+        cookie, nonce = logins.start()
+        self.set_cookie(self.server.config.login_cookie_name, cookie, "/authenticate",
+                        logins.ttl)
         # (b) Redirect the browser to Netatmo's consent page.
-        location = self.server.netatmo.authorize_url(login.state, login.code_challenge)
-        self.redirect(302, location, cookie=sid)
+        verifier = logins.code_verifier(nonce) if config.pkce else None
+        self.redirect(302, self.server.netatmo.authorize_url(
+            logins.state(nonce), verifier and code_challenge(verifier)))
 
     def authenticate(self):
         """GET /authenticate: (c) receive the code, (d) exchange it for tokens."""
         params = urllib.parse.parse_qs(self.query, keep_blank_values=True)
-        # (c) Receive the code, and the state that proves this browser asked for it.
-        login = None
-        for sid in self.cookie_values():
-            login = login or self.server.sessions.take_login(sid)
+        # (c) Receive the code, and the state that proves this browser asked for it:
+        # the login cookie must be signed here, younger than 10 minutes, and the
+        # state derived from its nonce. This is what stops a forged callback.
+        logins = self.server.logins
+        nonce = logins.nonce_of(self.single_cookie(self.server.config.login_cookie_name))
+        state = one(params, "state")
+        matches = nonce is not None and state is not None and hmac.compare_digest(
+            state.encode(), logins.state(nonce).encode())
         error = one(params, "error")
-        if error is not None:
-            raise self.authorize_error(error)
-        code, state = one(params, "code"), one(params, "state")
-        if (login is None or not code or not state
-                or not hmac.compare_digest(state.encode(), login.state.encode())):
+        if error is not None and nonce is not None and (state is None or matches):
+            # Netatmo's "no" (Netatmo may send it without the state): this person's.
+            self.expire_cookie(self.server.config.login_cookie_name, "/authenticate")
+            raise self.authorize_error(error, one(params, "error_description"))
+        code = one(params, "code")
+        if error is not None or not code or not matches or not logins.use(nonce):
             raise login_again(400, "This login link is not valid",
                               "It was already used, it expired (a login must be finished "
-                              "within 10 minutes), or it was started in another browser. "
-                              "Start a new login.", error="invalid_state", exit_status=None)
+                              "within 10 minutes), or it was started in another browser "
+                              "or tab, or before this program restarted. Start a new "
+                              "login.", error="invalid_state", exit_status=None)
         # (d) Exchange the code for tokens, and keep them under a new session id.
         try:
-            tokens = self.server.netatmo.exchange_code(code, login.code_verifier)
+            tokens = self.server.netatmo.exchange_code(
+                code, logins.code_verifier(nonce) if self.server.config.pkce else None)
         except NetatmoError as e:
             if e.error == "invalid_grant":
                 raise login_again(400, "This login link was already used or expired",
                                   "Netatmo did not accept the code in it. Start a new login.")
             raise
+        old_sid = self.session_id()
+        if old_sid:  # a new login replaces the browser's old one
+            self.server.sessions.delete(old_sid)
         sid, session = self.server.sessions.create(tokens)
         self.server.keep_tokens(session)
+        self.set_cookie(self.server.config.cookie_name, sid)
+        self.expire_cookie(self.server.config.login_cookie_name, "/authenticate")
         if self.server.outcome is not None:  # --once: the terminal gets the devices
             found = self.device_list(sid, session)
             self.send_html(200, page("Done", "<p>The terminal has the list of your %d "
@@ -1575,9 +1609,9 @@ class Handler(BaseHTTPRequestHandler):
                                      % len(found.devices)))
             self.server.outcome.finish(0, device_list=found)
             return
-        self.redirect(303, "/devices", cookie=sid)
+        self.redirect(303, "/devices")
 
-    def authorize_error(self, error):
+    def authorize_error(self, error, description=None):
         """Return the PageError for an error Netatmo sent back instead of a code."""
         if error == "access_denied":
             return PageError(403, "You declined",
@@ -1588,9 +1622,11 @@ class Handler(BaseHTTPRequestHandler):
             else "an unreadable error"
         cause = AUTHORIZE_ERRORS.get(error, "Check this program's settings against your app "
                                             "at dev.netatmo.com.")
+        said = ' It said: "%s".' % description[:200] if description else ""
         # A redirect URI or client id that Netatmo refuses is a setting to fix: status 2.
         return login_again(400, "Netatmo refused the login",
-                           "Netatmo answered %s. %s" % (name, cause), error="authorize_error",
+                           "Netatmo answered %s.%s %s" % (name, said, cause),
+                           error="authorize_error",
                            exit_status=2 if error in ("redirect_uri_mismatch",
                                                       "invalid_client") else 1)
 
@@ -1635,7 +1671,7 @@ class Handler(BaseHTTPRequestHandler):
                             "Netatmo no longer accepts this session's refresh token (it "
                             "expired, or was used by another program). Log in again.",
                             error="not_authenticated")
-        error.headers = (("Set-Cookie", self.cookie("")),)
+        self.expire_cookie(self.server.config.cookie_name)
         return error
 
     def force_refresh(self):
@@ -1652,9 +1688,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def logout(self):
         """POST /logout: forget the session here and in the browser (every one sent)."""
-        for sid in self.cookie_values():
+        for sid in self.cookie_values(self.server.config.cookie_name):
             self.server.sessions.delete(sid)
-        self.redirect(303, "/", cookie="")
+        self.expire_cookie(self.server.config.cookie_name)
+        self.redirect(303, "/")
 
     def healthz(self):
         """GET /healthz: answer that the server runs."""
@@ -1669,30 +1706,33 @@ class Handler(BaseHTTPRequestHandler):
         return (sid, session) if session is not None else (None, None)
 
     def session_id(self):
-        """Return the value of the browser's session cookie: None if none, or several.
+        """Return the value of the browser's session cookie, or None."""
+        return self.single_cookie(self.server.config.cookie_name)
+
+    def single_cookie(self, name):
+        """Return the value of the one cookie of this name the browser sent, or None.
 
         Cookies do not keep ports apart: a program on another port of this host can
-        plant a second session cookie with a longer Path, which the browser sends
-        first, and the person would see that program's account. So two mean no login,
-        and the answer expires both: at Path=/ and at this path, where a planted one
-        with a longer Path would live. (Over https the cookie's __Host- prefix makes
-        such a cookie impossible in the first place.)
+        plant a second cookie of the same name with a longer Path, which the browser
+        sends first, and the person would see that program's account. So two mean
+        none, and the answer expires both: at Path=/ and at this path, where a
+        planted one with a longer Path would live. (Over https the cookies' __Host-
+        and __Secure- prefixes make such a cookie impossible in the first place.)
         """
-        values = self.cookie_values()
+        values = self.cookie_values(name)
         if len(values) > 1:
-            path = self.path.split("?", 1)[0]
-            self.expired_cookies = tuple(("Set-Cookie", self.cookie("", p))
-                                         for p in sorted({"/", path}))
+            for path in sorted({"/", self.path.split("?", 1)[0]}):
+                self.expire_cookie(name, path)
             return None
         return values[0] if values else None
 
-    def cookie_values(self):
-        """Return the values of every session cookie the browser sent."""
+    def cookie_values(self, name):
+        """Return the values of every cookie of this name the browser sent."""
         values = []
         for header in self.headers.get_all("Cookie") or ():
             for pair in header.split(";"):
-                name, _, value = pair.strip().partition("=")
-                if name == self.server.config.cookie_name and value:
+                key, _, value = pair.strip().partition("=")
+                if key == name and value:
                     values.append(value)
         return values
 
@@ -1736,7 +1776,7 @@ class Handler(BaseHTTPRequestHandler):
     def send_body(self, status, body, content_type, headers=()):
         """Send a whole answer with its length, so the connection can be kept alive."""
         self.send_response(status)
-        for name, value in self.expired_cookies + tuple(headers):
+        for name, value in tuple(self.cookies) + tuple(headers):
             self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -1772,25 +1812,27 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.send_html(error.status, error_page(error), error.headers)
 
-    def redirect(self, status, location, cookie=None):
-        """Send the browser to location; set (or with "" expire) the session cookie."""
-        headers = [("Location", location)]
-        if cookie is not None:
-            headers.append(("Set-Cookie", self.cookie(cookie)))
-        self.send_body(status, b"", "text/plain; charset=utf-8", headers)
+    def redirect(self, status, location):
+        """Send the browser to location."""
+        self.send_body(status, b"", "text/plain; charset=utf-8", (("Location", location),))
 
-    def cookie(self, value, path="/"):
-        """Return a Set-Cookie value for the session id; an empty one expires it."""
+    def set_cookie(self, name, value, path="/", max_age=None):
+        """Have the answer set a cookie: HttpOnly, SameSite=Lax, and Secure over https."""
         # SameSite=Lax, not Strict: the return from Netatmo to /authenticate is a
         # cross-site navigation, and a Strict cookie would not be sent with it, so
         # the state could never be matched. Lax still keeps it off cross-site POSTs.
-        parts = ["%s=%s" % (self.server.config.cookie_name, value), "HttpOnly",
-                 "SameSite=Lax", "Path=" + path]
+        parts = ["%s=%s" % (name, value), "HttpOnly", "SameSite=Lax", "Path=" + path]
         if self.server.config.secure_cookies:
             parts.append("Secure")
+        if max_age is not None:
+            parts.append("Max-Age=%d" % max_age)
         if not value:
-            parts += ["Max-Age=0", "Expires=Thu, 01 Jan 1970 00:00:00 GMT"]
-        return "; ".join(parts)
+            parts.append("Expires=Thu, 01 Jan 1970 00:00:00 GMT")
+        self.cookies.append(("Set-Cookie", "; ".join(parts)))
+
+    def expire_cookie(self, name, path="/"):
+        """Have the answer delete a cookie from the browser."""
+        self.set_cookie(name, "", path, max_age=0)
 
     def send_error(self, code, message=None, explain=None):
         """Answer a request http.server could not parse with our own kind of page."""
@@ -1853,6 +1895,7 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
                 config.redirect_uri = config.default_redirect_uri()
         self.config = config
         self.sessions = SessionStore()
+        self.logins = Logins()
         self.outcome = Outcome() if config.once else None
         self.tls = tls_context(config) if config.certfile else None
         self.token_lock = threading.Lock()

@@ -140,9 +140,9 @@ class Client(object):
                            headers=headers)
         response = connection.getresponse()
         body = response.read()
-        set_cookie = response.getheader("Set-Cookie")
-        if set_cookie:
-            self.cookie = set_cookie.split(";", 1)[0]
+        for set_cookie in response.msg.get_all("Set-Cookie") or ():
+            if "Max-Age=0" not in set_cookie:  # the login cookie, then the session's
+                self.cookie = set_cookie.split(";", 1)[0]
         return response.status, response, body
 
     def get(self, url):

@@ -158,6 +158,7 @@ class FakeNetatmo(object):
         self.slow_seconds = 2.0        # how long a "slow" fault delays its answer
         self.rate_limits = ((50, 10), (500, 3600))  # (calls, seconds) per user
         self.withheld_scopes = set()   # scopes the person unticks at the consent page
+        self.refuse_pkce = False       # answer invalid_request to a code_challenge
         self.scope_format = "list"     # how /oauth2/token writes scope: list, string, none
         self.lifetime_fields = ("expires_in", "expire_in")  # Netatmo sends both
         self.faults = []               # [path, kind, remaining count]
@@ -299,6 +300,9 @@ class FakeNetatmo(object):
             return 400, {}, page("Unknown application", "No app has this client_id.")
         if redirect_uri not in self.redirect_uris:
             return self.back(redirect_uri, error="redirect_uri_mismatch", state=state)
+        if self.refuse_pkce and "code_challenge" in params:
+            return self.back(redirect_uri, error="invalid_request", state=state,
+                             error_description="code_challenge is not supported")
         if decision is None:
             return 200, {}, consent_page(params, sorted(self.users))
         if decision == "deny":

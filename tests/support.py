@@ -40,6 +40,44 @@ def raw_exchange(port, data, read_all=True):
 
 
 
+def flood_login(port, count, address="127.0.0.1"):
+    """GET /login count times from address, on kept-alive connections while they last."""
+    request = b"GET /login HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % port
+    sock = reader = None
+    try:
+        for _ in range(count):
+            if sock is None:
+                sock = socket.socket()
+                sock.bind((address, 0))
+                sock.connect(("127.0.0.1", port))
+                reader = sock.makefile("rb")
+            sock.sendall(request)
+            status = reader.readline()
+            assert status.startswith(b"HTTP/1.1 302"), status
+            closing = False
+            while True:
+                line = reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                closing = closing or line.lower() == b"connection: close\r\n"
+            if closing:  # the server's limit of requests per connection
+                reader.close()
+                sock.close()
+                sock = None
+    finally:
+        if sock is not None:
+            reader.close()
+            sock.close()
+
+
+def rss_mb():
+    """Return this process's resident memory, in MB (the app runs in this process)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+
+
 class LogCapture(logging.Handler):
     """Keeps every record netatmo_stdlib logs, for tests to read."""
 

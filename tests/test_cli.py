@@ -1,5 +1,6 @@
 """The command line, run as a person runs it: messages and exit statuses."""
 
+import http.client
 import os
 import signal
 import socket
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import unittest
+import urllib.parse
 import urllib.request
 
 from tests.support import ROOT
@@ -157,6 +159,21 @@ class StartTest(unittest.TestCase):
                           NETATMO_REDIRECT_URI="http://env.lan/authenticate", **GOOD)
         started.interrupt()
         self.assertIn("is http://flag.lan/authenticate", started.redirect_line)
+
+    def test_pkce_is_on_unless_turned_off_by_flag_or_environment(self):
+        for args, settings, sent in (([], {}, True), (["--no-pkce"], {}, False),
+                                     ([], {"NETATMO_PKCE": "0"}, False)):
+            with self.subTest(args=args, settings=settings):
+                started = Started(["--port", "0"] + args, **dict(GOOD, **settings))
+                url = started.open_line.split()[2]
+                connection = http.client.HTTPConnection(urllib.parse.urlsplit(url).netloc,
+                                                        timeout=10)
+                connection.request("GET", "/login")
+                location = connection.getresponse().getheader("Location")
+                connection.close()
+                started.interrupt()
+                self.assertEqual("code_challenge=" in location, sent, location)
+                self.assertIn("state=", location)
 
     def test_help_and_version(self):
         status, out, _ = run(["--help"])

@@ -5,9 +5,10 @@ import hashlib
 import html
 import re
 import threading
+import time
 import urllib.parse
 
-from tests.support import AppTestCase, Browser, CLIENT_ID
+from tests.support import AppTestCase, Browser, CLIENT_ID, flood_login, rss_mb
 
 
 def query_of(url):
@@ -59,25 +60,38 @@ class LoginFlowTest(AppTestCase):
             "application/x-www-form-urlencoded"))
 
     def test_session_id_changes_at_login_and_the_old_one_stops_working(self):
-        browser = Browser()
-        browser.get(self.url + "/login")
-        pre_login = browser.cookie()
-        self.login("alice", browser)
-        self.assertNotEqual(browser.cookie(), pre_login)
+        browser, _ = self.login("alice")
+        before = browser.cookie()
+        self.assertIsNotNone(before)
+        self.login("alice", browser)  # the same browser logs in again
+        self.assertNotEqual(browser.cookie(), before)
         stale = Browser()
-        stale.cookies["127.0.0.1"] = {"netatmo_session": pre_login}
+        stale.cookies["127.0.0.1"] = {"netatmo_session": before}
         self.assertEqual(stale.get(self.url + "/devices.json").status, 401)
+        self.assertEqual(len(self.server.sessions.sessions), 1)
 
     def test_cookie_attributes(self):
         browser, _ = self.login("alice")
-        self.assertEqual(len(browser.set_cookies), 2)  # at /login, and the new id at login
-        for header in browser.set_cookies:
-            attributes = [a.strip() for a in header.split(";")]
+        # At /login the login cookie; at the return, the session's id, and the login
+        # cookie expired.
+        login, session, expired = [[a.strip() for a in header.split(";")]
+                                   for header in browser.set_cookies]
+        for attributes in (login, session, expired):
             self.assertIn("HttpOnly", attributes)
             self.assertIn("SameSite=Lax", attributes)
-            self.assertIn("Path=/", attributes)
             self.assertNotIn("Secure", attributes)
-            self.assertGreaterEqual(len(attributes[0].split("=", 1)[1]), 43)
+        self.assertTrue(login[0].startswith("netatmo_login="))
+        self.assertIn("Path=/authenticate", login)
+        self.assertIn("Max-Age=600", login)
+        nonce, issued, signature = login[0].split("=", 1)[1].split(".")
+        self.assertGreaterEqual(len(nonce), 22)  # at least 128 bits
+        self.assertAlmostEqual(int(issued), time.time(), delta=60)
+        self.assertEqual(len(signature), 43)  # HMAC-SHA256
+        self.assertTrue(session[0].startswith("netatmo_session="))
+        self.assertIn("Path=/", session)
+        self.assertGreaterEqual(len(session[0].split("=", 1)[1]), 43)
+        self.assertEqual(expired[:1] + expired[3:5], ["netatmo_login=", "Path=/authenticate",
+                                                      "Max-Age=0"])
 
     def test_cookie_is_secure_when_the_redirect_uri_is_https(self):
         server = self.start_app(redirect_uri="https://netatmo.example.org/authenticate")
@@ -207,14 +221,14 @@ class CallbackTest(AppTestCase):
 
     def test_expired_state_never_reaches_token_endpoint(self):
         clock = [1000000.0]
-        self.server.sessions.clock = lambda: clock[0]
+        self.server.logins.clock = lambda: clock[0]
         browser, back = self.start_login()
         clock[0] += 10 * 60 + 1
         self.assertRefusedWithoutTokenRequest(browser.get(back))
 
     def test_state_still_valid_just_before_ten_minutes(self):
         clock = [1000000.0]
-        self.server.sessions.clock = lambda: clock[0]
+        self.server.logins.clock = lambda: clock[0]
         browser, back = self.start_login()
         clock[0] += 10 * 60 - 1
         self.assertEqual(browser.get(back).status, 303)
@@ -244,9 +258,13 @@ class CallbackTest(AppTestCase):
 
     def test_unknown_error_is_named_escaped(self):
         browser, _ = self.start_login()
-        page = browser.get(self.url + "/authenticate?error=%3Cscript%3Ex").text
+        page = browser.get(self.url + "/authenticate?error=%3Cscript%3Ex&error_description="
+                                      "%3Cb%3Eno%3C%2Fb%3E%20%22now%22").text
         self.assertNotIn("<script>x", page)
         self.assertIn("an unreadable error", page)
+        self.assertNotIn("<b>no", page)
+        self.assertIn("It said: &quot;&lt;b&gt;no&lt;/b&gt; &quot;now&quot;&quot;.", page)
+        browser, _ = self.start_login()
         page = browser.get(self.url + "/authenticate?error=temporarily_unavailable").text
         self.assertIn("temporarily_unavailable", page)
 
@@ -303,17 +321,7 @@ class CallbackTest(AppTestCase):
 
 
 class SessionStoreTest(AppTestCase):
-    """Pending logins are capped; sessions end after 24 hours idle."""
-
-    def test_pending_logins_are_capped_oldest_evicted_first(self):
-        self.server.sessions.max_pending = 50
-        first, first_back = CallbackTest.start_login(self)
-        for _ in range(49):
-            Browser().get(self.url + "/login")
-        second, second_back = CallbackTest.start_login(self)  # evicts the first
-        self.assertEqual(len(self.server.sessions.pending), 50)
-        self.assertEqual(first.get(first_back).status, 400)
-        self.assertEqual(second.get(second_back).status, 303)
+    """Sessions end after 24 hours idle."""
 
     def test_session_idle_for_24_hours_is_forgotten(self):
         clock = [1000000.0]
@@ -326,3 +334,112 @@ class SessionStoreTest(AppTestCase):
         clock[0] += 24 * 3600 + 1
         self.assertEqual(browser.get(self.url + "/devices.json").status, 401)
         self.assertEqual(self.server.sessions.sessions, {})
+
+
+class LoginStateTest(AppTestCase):
+    """A login in progress lives in a signed cookie: nothing to fill, evict or forge."""
+
+    def login_cookie(self, browser):
+        return browser.cookies["127.0.0.1"]["netatmo_login"]
+
+    def assertRefusedWithoutTokenRequest(self, response, before=0):
+        self.assertEqual(response.status, 400)
+        self.assertIn("This login link is not valid", response.text)
+        self.assertIn('href="/login"', response.text)  # a fresh login
+        self.assertEqual(len(self.fake.token_requests()), before)
+
+    def test_a_tampered_login_cookie_never_reaches_the_token_endpoint(self):
+        browser, back = CallbackTest.start_login(self)
+        nonce, issued, signature = self.login_cookie(browser).split(".")
+        other = "B" if nonce[0] != "B" else "C"
+        for forged in (other + nonce[1:] + "." + issued + "." + signature,
+                       nonce + "." + str(int(issued) + 1) + "." + signature,
+                       nonce + "." + issued + "." + signature[:-1] + other,
+                       nonce + "." + issued, nonce + "." + issued + "." + signature + ".x",
+                       nonce + ".\u00b2." + signature, ""):
+            with self.subTest(cookie=forged):
+                browser.cookies["127.0.0.1"]["netatmo_login"] = forged
+                self.assertRefusedWithoutTokenRequest(browser.get(back))
+        self.assertNoTraceback()
+
+    def test_a_login_begun_before_a_restart_gets_a_fresh_link(self):
+        browser, back = CallbackTest.start_login(self)
+        restarted = self.start_app()  # a new run: a new key
+        self.fake.register_redirect_uri(restarted.config.redirect_uri)
+        port = "127.0.0.1:%d" % restarted.server_address[1]
+        moved = back.replace("127.0.0.1:%d" % self.server.server_address[1], port)
+        self.assertRefusedWithoutTokenRequest(browser.get(moved))
+
+    def test_two_tabs_the_later_login_wins(self):
+        browser = Browser()
+        first = browser.get(self.url + "/login").location
+        second = browser.get(self.url + "/login").location  # replaces the login cookie
+        first_back = browser.get(first, headers={"X-Fake-Approve": "alice"}).location
+        second_back = browser.get(second, headers={"X-Fake-Approve": "alice"}).location
+        self.assertRefusedWithoutTokenRequest(browser.get(first_back))
+        self.assertEqual(browser.get(second_back).status, 303)
+        self.assertEqual(len(self.fake.token_requests()), 1)
+
+    def test_login_and_failed_callbacks_leave_the_session_alone(self):
+        browser, _ = self.login("alice")
+        self.assertEqual(browser.get(self.url + "/login").status, 302)  # a link elsewhere
+        self.assertEqual(browser.get(self.url + "/devices.json").status, 200)
+        _, back = CallbackTest.start_login(self)
+        params = query_of(back)
+        wrong = "%s/authenticate?code=%s&state=%s" % (self.url, params["code"], "A" * 43)
+        self.assertRefusedWithoutTokenRequest(browser.get(wrong), before=1)
+        self.assertEqual(browser.get(self.url + "/devices.json").status, 200)
+        browser.cookies["127.0.0.1"]["netatmo_login"] = "x.1.y"  # tampered
+        self.assertRefusedWithoutTokenRequest(browser.get(back), before=1)
+        self.assertEqual(browser.get(self.url + "/devices.json").status, 200)
+        self.assertEqual(len(self.server.sessions.sessions), 1)
+
+    def test_netatmos_answer_is_the_persons_only_with_their_login_cookie_and_state(self):
+        declined = "/authenticate?error=access_denied"
+        self.assertRefusedWithoutTokenRequest(Browser().get(self.url + declined))
+        browser, back = CallbackTest.start_login(self)
+        self.assertRefusedWithoutTokenRequest(browser.get(self.url + declined + "&state=x"))
+        state = query_of(back)["state"]
+        response = browser.get(self.url + declined + "&state=" + state)
+        self.assertEqual(response.status, 403)
+        self.assertIn("You declined", response.text)
+        self.assertIn("Max-Age=0", response.headers["Set-Cookie"])  # that login is over
+        browser, _ = CallbackTest.start_login(self)
+        self.assertEqual(browser.get(self.url + declined).status, 403)  # no state: Netatmo's
+
+    def test_used_states_are_remembered_within_a_bound_oldest_dropped_first(self):
+        self.server.logins.max_used = 3
+        nonces = []
+        for _ in range(4):
+            browser, _ = self.login("alice")
+            nonces.append(browser.set_cookies[0].split("=", 1)[1].split(".")[0])
+        self.assertEqual(list(self.server.logins.used), nonces[1:])
+
+    def test_a_flood_of_logins_from_the_persons_own_address_keeps_nothing(self):
+        browser = Browser()
+        authorize = browser.get(self.url + "/login").location  # a person, at Netatmo now
+        before = rss_mb()
+        flood_login(self.server.server_address[1], 3000)  # from the person's address
+        growth = rss_mb() - before
+        print("\n3,000 GET /login: RSS %+.2f MB" % growth)
+        self.assertLess(growth, 2)
+        self.assertEqual(len(self.server.logins.used), 0)
+        self.assertEqual(self.server.sessions.sessions, {})
+        back = browser.get(authorize, headers={"X-Fake-Approve": "alice"}).location
+        self.assertEqual(browser.follow(back)[-1].status, 200)
+
+    def test_without_pkce_the_login_carries_no_challenge_and_no_verifier(self):
+        self.fake.refuse_pkce = True  # should Netatmo ever refuse the extra parameters
+        hops = Browser().follow(self.url + "/login", approve_as="alice")
+        self.assertEqual(hops[-1].status, 400)
+        self.assertIn("invalid_request", hops[-1].text)
+        self.assertIn("code_challenge is not supported", hops[-1].text)
+        self.assertIn("--no-pkce", hops[-1].text)
+        server = self.start_app(pkce=False)
+        url = "http://127.0.0.1:%d" % server.server_address[1]
+        hops = Browser().follow(url + "/login", approve_as="alice")
+        self.assertEqual(hops[-1].status, 200)
+        authorize = self.fake.requests_to("/oauth2/authorize")[-1].query
+        self.assertNotIn("code_challenge", authorize)
+        [token] = self.fake.token_requests("authorization_code")
+        self.assertNotIn("code_verifier", token.form)

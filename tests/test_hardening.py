@@ -6,7 +6,7 @@ import threading
 import time
 
 from tests import fuzz
-from tests.support import AppTestCase, Browser, raw_exchange
+from tests.support import AppTestCase, Browser, raw_exchange, rss_mb
 
 FUZZ_SEED = 20261125
 FUZZ_COUNT = int(os.environ.get("FUZZ_COUNT", "5000"))
@@ -131,72 +131,6 @@ class SlowClientTest(AppTestCase):
             self.assertLess(time.time() - started, 3)
 
 
-class FloodTest(AppTestCase):
-
-    def flood_from(self, address, count):
-        """GET /login count times without cookies, from a loopback address of its own."""
-        self.flood_login(self.server.server_address[1], address, count)
-
-    @staticmethod
-    def flood_login(port, address, count):
-        """GET /login count times from address, on a kept-alive connection while it lasts."""
-        request = b"GET /login HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % port
-        sock = reader = None
-        try:
-            for _ in range(count):
-                if sock is None:
-                    sock = socket.socket()
-                    sock.bind((address, 0))
-                    sock.connect(("127.0.0.1", port))
-                    reader = sock.makefile("rb")
-                sock.sendall(request)
-                status = reader.readline()
-                assert status.startswith(b"HTTP/1.1 302"), status
-                closing = False
-                while True:
-                    line = reader.readline()
-                    if line in (b"\r\n", b""):
-                        break
-                    closing = closing or line.lower() == b"connection: close\r\n"
-                if closing:  # the server's limit of requests per connection
-                    reader.close()
-                    sock.close()
-                    sock = None
-        finally:
-            if sock is not None:
-                reader.close()
-                sock.close()
-
-    def test_a_flood_evicts_its_own_pending_logins_not_a_persons(self):
-        store = self.server.sessions
-        store.max_pending, store.max_pending_per_client = 500, 100
-        browser = Browser()
-        authorize = browser.get(self.url + "/login").location  # a person, at Netatmo now
-        self.flood_from("127.0.0.2", 2000)
-        self.assertEqual(len(store.pending), 101)
-        back = browser.get(authorize, headers={"X-Fake-Approve": "alice"}).location
-        self.assertEqual(browser.follow(back)[-1].status, 200)
-
-    def test_the_store_stays_at_its_cap(self):
-        store = self.server.sessions
-        store.max_pending, store.max_pending_per_client = 300, 100
-        for address in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"):
-            self.flood_from(address, 150)
-        self.assertEqual(len(store.pending), 300)
-        self.assertEqual(sum(store.pending_count.values()), 300)
-
-    def test_a_flood_from_many_addresses_spares_a_persons_single_login(self):
-        store = self.server.sessions
-        store.max_pending, store.max_pending_per_client = 300, 100
-        browser = Browser()
-        authorize = browser.get(self.url + "/login").location
-        for last in range(2, 12):
-            self.flood_from("127.0.0.%d" % last, 100)  # 1,000 in all, 100 per address
-        self.assertEqual(len(store.pending), 300)
-        back = browser.get(authorize, headers={"X-Fake-Approve": "alice"}).location
-        self.assertEqual(browser.follow(back)[-1].status, 200)
-
-
 class NetatmoFaultsTest(AppTestCase):
     """Netatmo misbehaving at each step: a clear page, the right status, never a 500."""
 
@@ -274,14 +208,6 @@ class NetatmoFaultsTest(AppTestCase):
         page = browser.get(self.url + "/devices").text
         self.assertIn("<td>unknown</td>", page)
         self.assertNoTraceback()
-
-
-def rss_mb():
-    """Return this process's resident memory, in MB (the app runs in this process)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
 
 
 def connect_from(address, port):
@@ -492,17 +418,27 @@ class CookieTossingTest(AppTestCase):
                     self.assertNotIn("Bob", response.text)
         self.assertEqual(person.get(self.url + "/devices.json").status, 200)  # alone: in
 
-    def test_over_https_the_cookie_has_the_host_prefix(self):
+    def test_over_https_the_cookies_have_their_prefixes(self):
         server = self.start_app(redirect_uri="https://netatmo.example.org/authenticate")
-        url = "http://127.0.0.1:%d/login" % server.server_address[1]
-        response = Browser().get(url, headers={"Host": "netatmo.example.org"})
+        self.fake.register_redirect_uri(server.config.redirect_uri)
+        url = "http://127.0.0.1:%d" % server.server_address[1]  # behind a TLS proxy
+        host = {"Host": "netatmo.example.org"}
+        browser = Browser()
+        response = browser.get(url + "/login", headers=host)
+        self.assertEqual(response.headers["Strict-Transport-Security"], "max-age=31536000")
+        login = [a.strip() for a in response.headers["Set-Cookie"].split(";")]
+        self.assertTrue(login[0].startswith("__Secure-netatmo_login="), login)
+        self.assertIn("Secure", login)
+        back = browser.get(response.location, headers={"X-Fake-Approve": "alice"}).location
+        response = browser.get(back.replace("https://netatmo.example.org", url), headers=host)
+        self.assertEqual(response.status, 303)
         cookie = response.headers["Set-Cookie"]
         self.assertTrue(cookie.startswith("__Host-netatmo_session="), cookie)
         attributes = [a.strip() for a in cookie.split(";")]
         self.assertIn("Secure", attributes)
         self.assertIn("Path=/", attributes)
         self.assertFalse([a for a in attributes if a.lower().startswith("domain")])
-        self.assertEqual(response.headers["Strict-Transport-Security"], "max-age=31536000")
+        self.assertEqual(browser.get(url + "/devices.json", headers=host).status, 200)
 
 
 class NetatmoAnswerTest(AppTestCase):

@@ -165,6 +165,17 @@ class OnceTest(AppTestCase):
         self.assertEqual(hops[-1].status, 200)
         self.assertEqual(run.finish()[0], 0)
 
+    def test_a_refusal_without_the_login_cookie_does_not_end_the_run(self):
+        run = OnceRun(self)
+        url = run.wait_for_login_url()
+        forged = Browser().get(url.split("/login")[0] + "/authenticate?error=access_denied")
+        self.assertEqual(forged.status, 400)
+        hops = Browser().follow(url, approve_as="alice")
+        self.assertEqual(hops[-1].status, 200)
+        status, out, err = run.finish()
+        self.assertEqual(status, 0, err)
+        self.assertEqual(len(out.splitlines()), 74)
+
     def test_ctrl_c_exits_130(self):
         run = OnceRun(self)
         run.wait_for_login_url()
