@@ -8,13 +8,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def main(argv):
-    """Run the tests named in argv (default: all); return the exit status."""
+    """Run the tests named in argv (default: all); return the exit status.
+
+    --failfast stops at the first failure (tests/mutations.py wants only that one).
+    """
+    failfast = "--failfast" in argv
+    argv = [a for a in argv if a != "--failfast"]
     root = os.path.dirname(HERE)
     sys.path.insert(0, root)
     loader = unittest.defaultTestLoader
     suite = loader.loadTestsFromNames(argv) if argv else \
         loader.discover(HERE, pattern="test_*.py", top_level_dir=root)
-    result = unittest.TextTestRunner(verbosity=1).run(suite)
+    result = unittest.TextTestRunner(verbosity=1, failfast=failfast).run(suite)
     # A test whose subtests failed counts once.
     failed = len({getattr(test, "test_case", test).id()
                   for test, _ in result.failures + result.errors})

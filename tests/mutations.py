@@ -1,0 +1,363 @@
+"""make test-mutations: break one property at a time, and check that a test fails.
+
+Each mutation is a line of netatmo_stdlib.py that carries a security or correctness
+property, and the same line broken. For each, a copy of the project is made with
+that one change, and the test modules it names run on the copy until their first
+failure. A mutation that no test notices SURVIVED: the property it breaks has no
+test that can fail, so, by our rule, it does not exist.
+
+The check exits 1 if any mutation survives, or if a mutation's original text is no
+longer in the program (the list must keep up with the code). Mutants run in
+parallel, one per core and one more (tests wait on sockets more than they compute).
+
+    python3 tests/mutations.py            # every mutation
+    python3 tests/mutations.py state pkce # only those whose description has a word
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PROGRAM = os.path.join(ROOT, "netatmo_stdlib.py")
+
+BROWSER = "tests.browser_test"
+HARDENING = "tests.test_hardening."
+TERMINAL = "tests.test_terminal."
+TIMEOUT = 240  # seconds a mutant's tests may take; longer is a test that hangs
+
+# (what the mutation breaks, the original text, the mutated text, the tests to run:
+# modules, classes or single tests)
+FLOW = "tests.test_flow."
+HTTP = "tests.test_http."
+DEVICES = "tests.test_devices."
+TOKENS = "tests.test_tokens."
+MUTATIONS = [
+    # -- state, PKCE and the signed login cookie --
+    ("state is not checked against the login cookie",
+     'state.encode(), logins.state(nonce).encode())', 'state.encode(), state.encode())',
+     [FLOW + "CallbackTest"]),
+    ("the login cookie's signature is not checked",
+     'if not hmac.compare_digest(parts[2].encode(), self.mac("cookie", signed).encode()):',
+     'if False:', [FLOW + "LoginStateTest"]),
+    ("a login cookie older than 10 minutes is taken",
+     'if not 0 <= self.clock() - int(parts[1]) <= self.ttl:', 'if False:',
+     [FLOW + "CallbackTest"]),
+    ("a state works twice",
+     'or not matches or not logins.use(nonce):', 'or not matches:', [FLOW + "CallbackTest"]),
+    ("state cut to 128 bits", 'return self.mac("state", nonce)',
+     'return self.mac("state", nonce)[:22]', [FLOW + "LoginFlowTest"]),
+    ("the login's nonce cut to 64 bits", 'nonce = secrets.token_urlsafe(16)  # 128 bits',
+     'nonce = secrets.token_urlsafe(8)', [FLOW + "LoginFlowTest"]),
+    ("the PKCE verifier is not sent", 'form.append(("code_verifier", code_verifier))',
+     'pass', [FLOW + "LoginFlowTest"]),
+    ("the PKCE challenge is sent plain",
+     '("code_challenge_method", "S256")]', '("code_challenge_method", "plain")]',
+     [FLOW + "LoginFlowTest"]),
+    ("an error=... without the login cookie is taken as the person's",
+     'if error is not None and nonce is not None and (state is None or matches):',
+     'if error is not None:', [FLOW + "LoginStateTest", TERMINAL + "OnceTest"]),
+    ("/login logs the browser out",
+     '        logins = self.server.logins\n        cookie, nonce = logins.start()',
+     '        self.server.sessions.delete(self.session_id() or "")\n'
+     '        logins = self.server.logins\n        cookie, nonce = logins.start()',
+     [FLOW + "LoginStateTest"]),
+    ("a new login keeps the old session", 'self.server.sessions.delete(old_sid)', 'pass',
+     [FLOW + "LoginFlowTest"]),
+    # -- cookie attributes --
+    ("cookies without HttpOnly",
+     '"HttpOnly", "SameSite=Lax", "Path=" + path]', '"SameSite=Lax", "Path=" + path]',
+     [FLOW + "LoginFlowTest"]),
+    ("cookies with SameSite=Strict: the way back from Netatmo loses the login cookie",
+     '"HttpOnly", "SameSite=Lax", "Path=" + path]', '"HttpOnly", "SameSite=Strict", '
+     '"Path=" + path]', [BROWSER + ".BrowserTest.test_login_in_chromium_ends_on_the_device_list"]),
+    ("cookies without Secure over https", 'parts.append("Secure")', 'pass',
+     [FLOW + "LoginFlowTest"]),
+    ("the login cookie lives for ever",
+     'self.set_cookie(self.server.config.login_cookie_name, cookie, "/authenticate",\n'
+     '                        logins.ttl)',
+     'self.set_cookie(self.server.config.login_cookie_name, cookie, "/authenticate")',
+     [FLOW + "LoginFlowTest"]),
+    ("two session cookies: the first one wins (cookie tossing)",
+     'if len(values) > 1:', 'if False:', [HARDENING + "CookieTossingTest"]),
+    ("no __Host- prefix over https",
+     'return ("__Host-" if self.secure_cookies else "") + COOKIE_NAME',
+     'return COOKIE_NAME', [HARDENING + "CookieTossingTest"]),
+    ("no __Secure- prefix for the login cookie over https",
+     'return ("__Secure-" if self.secure_cookies else "") + LOGIN_COOKIE_NAME',
+     'return LOGIN_COOKIE_NAME', [HARDENING + "CookieTossingTest"]),
+    # -- escaping, on every page --
+    ("the name column unescaped", 'escape(d["name"] or "(unnamed)")',
+     '(d["name"] or "(unnamed)")', [DEVICES + "DeviceListTest"]),
+    ("the product column unescaped", 'escape(d["product"]), escape(d["type"]),',
+     'd["product"], escape(d["type"]),', [DEVICES + "DeviceListTest"]),
+    ("the type column unescaped", 'escape(d["product"]), escape(d["type"]),',
+     'escape(d["product"]), d["type"],', [DEVICES + "DeviceListTest"]),
+    ("the id column unescaped", 'escape(d["id"]), escape(d["home"] or ""),',
+     'd["id"], escape(d["home"] or ""),', [DEVICES + "DeviceListTest"]),
+    ("the home column unescaped", 'escape(d["id"]), escape(d["home"] or ""),',
+     'escape(d["id"]), (d["home"] or ""),', [DEVICES + "DeviceListTest"]),
+    ("the granted scopes unescaped on the home page",
+     'escape(" ".join(tokens.scope) or "none")', '(" ".join(tokens.scope) or "none")',
+     [DEVICES + "DeviceListTest"]),
+    ("the error page's explanation unescaped", '% (escape(error.explanation), escape(',
+     '% ((error.explanation), escape(', [DEVICES + "DeviceListTest", HTTP + "HeadersTest"]),
+    # -- the Origin check and the pages' headers --
+    ("POSTs from a page under no-referrer get Origin: null: Log out fails in a browser",
+     'self.send_header("Referrer-Policy", "same-origin")',
+     'self.send_header("Referrer-Policy", "no-referrer")',
+     [BROWSER + ".BrowserTest.test_every_button_of_every_page_does_what_it_says"]),
+    ("Origin: null, or another origin, is accepted on a POST",
+     'if any(o.lower() != self.server.config.origin for o in origins) or \\',
+     'if False or \\', [HTTP + "HeadersTest"]),
+    ("Sec-Fetch-Site: cross-site is accepted on a POST",
+     'site in ("cross-site", "same-site"):', 'site in ():', [HTTP + "HeadersTest"]),
+    ("no Strict-Transport-Security over https",
+     'self.send_header("Strict-Transport-Security", "max-age=31536000")',
+     'pass', [HARDENING + "CookieTossingTest", TERMINAL + "HttpsTest"]),
+    # -- talking to Netatmo: TLS, proxies, redirects, answers --
+    ("TLS certificates of Netatmo not verified",
+     'self.tls = ssl.create_default_context()  # verifies certificate and host name',
+     'self.tls = ssl._create_unverified_context()', [HTTP + "NetatmoConnectionTest"]),
+    ("TLS host names of Netatmo not checked",
+     'self.tls = ssl.create_default_context()  # verifies certificate and host name',
+     'self.tls = ssl.create_default_context(); self.tls.check_hostname = False',
+     [HTTP + "NetatmoConnectionTest"]),
+    ("https_proxy and http_proxy ignored", 'urllib.request.ProxyHandler()',
+     'urllib.request.ProxyHandler({})', [HTTP + "ProxyTest"]),
+    ("the proxy's password goes to Netatmo too",
+     'tunnel_headers["Proxy-Authorization"] = headers.pop("Proxy-Authorization")',
+     'tunnel_headers["Proxy-Authorization"] = headers["Proxy-Authorization"]',
+     [HTTP + "ProxyTest"]),
+    ("redirects from Netatmo followed, with the token",
+     'urllib.request.HTTPDefaultErrorHandler(),',
+     'urllib.request.HTTPRedirectHandler(), urllib.request.HTTPDefaultErrorHandler(),',
+     [HTTP + "NetatmoConnectionTest"]),
+    ("--timeout not applied to calls to Netatmo",
+     'with self.opener.open(request, timeout=self.config.timeout) as response:',
+     'with self.opener.open(request, timeout=self.config.timeout * 10) as response:',
+     [TOKENS + "RefreshTest.test_refresh_timeout_is_a_504_and_keeps_the_session",
+      TERMINAL + "OnceTest.test_timeout_for_netatmo_by_flag_and_by_environment"]),
+    ("answers from Netatmo are read whole, however large",
+     'body = read_at_most(response, self.max_answer)', 'body = response.read()',
+     [HARDENING + "NetatmoAnswerTest"]),
+    ("JSON nested too deep is a 500",
+     'except (ValueError, RecursionError):  # RecursionError: JSON nested too deep',
+     'except ValueError:', [HARDENING + "NetatmoAnswerTest"]),
+    ("a token of the wrong type is taken",
+     'return isinstance(value, str) and bool(value) and all(33 <= ord(c) <= 126 for c in '
+     'value)', 'return bool(value)', [HARDENING + "NetatmoAnswerTest"]),
+    ("an expires_in of NaN, infinity or centuries is believed",
+     'return lifetime if -year <= lifetime <= year else None', 'return lifetime',
+     [HARDENING + "NetatmoAnswerTest"]),
+    ("403 code 13 fails the page instead of saying 'not granted'",
+     'if isinstance(error, NetatmoError) and error.code == 13:', 'if False:',
+     [DEVICES + "DeviceListTest"]),
+    ("the older 403 code 26 is not a rate limit",
+     'return (self.status == 429 or self.code in (11, 26)',
+     'return (self.status == 429 or self.code in (11,)', [TOKENS + "LifetimeTest"]),
+    ("the rate-limit page has no Retry-After", 'headers=(("Retry-After", "600"),)',
+     'headers=()', [DEVICES + "DeviceListTest"]),
+    # -- refresh: when, single flight and rotation --
+    ("a token about to expire is used, not refreshed first",
+     'if tokens.expires_at is None or tokens.expires_at - time.time() > margin:', 'if True:',
+     [TOKENS + "RefreshTest.test_token_about_to_expire_is_refreshed_before_the_call"]),
+    ("a short-lived token is refreshed on every call",
+     'margin = min(margin, tokens.lifetime / 2)', 'pass', [TOKENS + "LifetimeTest"]),
+    ("two threads refresh with the same refresh token",
+     'if stale_access_token is not None and tokens.access_token != stale_access_token:',
+     'if False:', [TOKENS + "RefreshTest"]),
+    ("the rotated pair is not saved to --token-file",
+     'self.saver(self.tokens)  # the old refresh token is dead: save now', 'pass',
+     [TERMINAL + "TokenFileTest"]),
+    ("an older session still writes the token file after a new login",
+     'self.token_owner.saver = None', 'pass', [TERMINAL + "TokenFileTest"]),
+    # -- the cache --
+    ("the device list is fetched on every page",
+     'if cached is None or time.time() - cached.fetched_at >= max_age:', 'if True:',
+     [DEVICES + "CacheTest"]),
+    ("Fetch again now does not fetch", 'session.device_list = None', 'pass',
+     [DEVICES + "CacheTest"]),
+    # -- the device merge --
+    ("a device listed twice keeps its gaps", 'if seen[key] is None or seen[key] == "":',
+     'if False:', [DEVICES + "DeviceListTest"]),
+    ("stray spaces stay in device ids",
+     '"id": "".join(str(device_id).split()),', '"id": str(device_id),',
+     [DEVICES + "DeviceListTest"]),
+    # -- request limits --
+    ("request bodies of any size are read", 'if int(length) > self.max_body:', 'if False:',
+     [HTTP + "ConnectionTest"]),
+    ("request heads are not capped as a whole",
+     'self.rfile = CappedHead(rfile, self.max_head, self.max_header_lines)',
+     'self.rfile = rfile', [HARDENING + "RequestHeadTest"]),
+    ("a request head may have any number of header lines",
+     'if self.lines_left <= 0:', 'if False:', [HARDENING + "RequestHeadTest"]),
+    ("connections of one address are not capped",
+     'allowed = (mine < self.max_connections_per_client',
+     'allowed = (True', [HARDENING + "ConnectionCapTest"]),
+    ("connections are not capped in all",
+     'and sum(self.connections.values()) < self.max_connections)', 'and True)',
+     [HARDENING + "ConnectionCapTest"]),
+    ("a busy client keeps its connection for ever",
+     'if self.requests >= self.max_requests:', 'if False:', [HARDENING + "ConnectionCapTest"]),
+    ("an idle kept-alive connection waits as long as a new one",
+     'seconds = min(seconds, self.keep_alive_seconds)', 'pass',
+     [HARDENING + "ConnectionCapTest"]),
+    ("a slow client holds its connection for ever",
+     'self.deadlines[connection] = time.time() + seconds',
+     'self.deadlines[connection] = time.time() + 3600', [HARDENING + "SlowClientTest"]),
+    ("Content-Length takes any digit, such as \u00b2, and two of them",
+     'if len(lengths) > 1 or not length or length.strip("0123456789"):',
+     'if not length.isdigit():', [HARDENING + "RequestParsingTest"]),
+    # -- secrets never logged --
+    ("the query string, with codes and states, is logged",
+     'message = message.split("?", 1)[0] + "?[query dropped]"', 'pass',
+     [HTTP + "LogTest"]),
+    ("the session id is logged, with the request's cookies",
+     'log.info("%s %s", self.address_string(), message.translate(CONTROL_CHARACTERS))',
+     'log.info("%s %s %s", self.address_string(), message.translate(CONTROL_CHARACTERS), '
+     'self.headers.get("Cookie") if self.headers else "")', [HTTP + "LogTest"]),
+    ("the log writes control characters raw",
+     'log.info("%s %s", self.address_string(), message.translate(CONTROL_CHARACTERS))',
+     'log.info("%s %s", self.address_string(), message)', [HARDENING + "RequestParsingTest"]),
+    # -- the token file --
+    ("the token file is written through the fixed name PATH.tmp",
+     'fd, temporary = self.temporary_file()',
+     'temporary = self.path + ".tmp"; fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | '
+     'os.O_EXCL, 0o600)', [TERMINAL + "TokenFileTest"]),
+    ("the token file readable by all",
+     '        fd, temporary = self.temporary_file()\n        try:',
+     '        fd, temporary = self.temporary_file()\n        os.chmod(temporary, 0o644)\n'
+     '        try:', [TERMINAL + "TokenFileTest"]),
+    ("the token file rewritten in place, not replaced whole",
+     'os.replace(temporary, self.path)',
+     'open(self.path, "wb").write(content); os.unlink(temporary)',
+     [TERMINAL + "TokenFileTest"]),
+    ("the token file's folder is not synced after the rename",
+     'sync_folder(os.path.dirname(self.path))', 'pass', [TERMINAL + "TokenFileTest"]),
+    ("a FIFO at the token file's path hangs the start",
+     'if not stat.S_ISREG(info.st_mode):', 'if False:', [TERMINAL + "TokenFileTest"]),
+    ("root adopts another user's token file",
+     'if info.st_uid != os.geteuid():', 'if False:', [TERMINAL + "TokenFileTest"]),
+    ("a token file readable by others is used",
+     'if info.st_mode & 0o077:', 'if False:', [TERMINAL + "TokenFileTest"]),
+    ("a token file of the wrong types is used",
+     'if not self.well_formed(saved):', 'if not isinstance(saved, dict):',
+     [TERMINAL + "TokenFileTest"]),
+    ("--once refreshes without checking that the folder takes the new pair",
+     '        config.token_file.check_writable()\n    return config',
+     '        pass\n    return config', [TERMINAL + "TokenFileTest"]),
+    # -- the client secret --
+    ("the client-secret file read with its trailing newline",
+     'secret = f.read().strip()', 'secret = f.read()',
+     ["tests.test_cli.StartTest.test_old_app_id_variable_and_secret_file"]),
+    # -- --once: exit statuses, the shared host --
+    ("--once exits 1, not 4, when Netatmo fails",
+     'error="netatmo_failed", exit_status=4)', 'error="netatmo_failed", exit_status=1)',
+     [TERMINAL + "OnceTest"]),
+    ("--once exits 1, not 3, when no login comes in time",
+     'return fail(3, "no login was completed', 'return fail(1, "no login was completed',
+     [TERMINAL + "OnceTest"]),
+    ("--once lets anyone on the host log in",
+     'if key is not None and not hmac.compare_digest(',
+     'if False and not hmac.compare_digest(', [TERMINAL + "OnceTest"]),
+    # -- HTTPS serving --
+    ("plain HTTP to the https port gets no answer",
+     'request.sendall(plain_http_answer(self.config.origin + "/"))', 'pass',
+     [TERMINAL + "HttpsTest"]),
+]
+
+
+def copy_project(into):
+    """Copy the program and its tests into a folder; return the copy's program path."""
+    shutil.copy2(PROGRAM, into)
+    shutil.copytree(HERE, os.path.join(into, "tests"),
+                    ignore=shutil.ignore_patterns("__pycache__", "output", "*.pyc"))
+    return os.path.join(into, "netatmo_stdlib.py")
+
+
+def run_mutant(number, mutation, source, results):
+    """Apply one mutation to a copy of the project, run its tests; record the outcome."""
+    description, original, mutated, modules = mutation
+    folder = tempfile.mkdtemp(prefix="mutant-%02d-" % number)
+    started = time.time()
+    try:
+        program = copy_project(folder)
+        with open(program, "w", encoding="utf-8") as f:
+            f.write(source.replace(original, mutated))
+        done = subprocess.run(
+            [sys.executable, os.path.join(folder, "tests", "run.py"), "--failfast"] + modules,
+            cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            universal_newlines=True, timeout=TIMEOUT)
+        # "FAIL: test_x (tests.module.Class)", or "(tests.module.Class.test_x)" on 3.11+
+        caught = re.findall(r"^(?:FAIL|ERROR): (\w+) \(([\w.]+?)(?:\.\1)?\)", done.stdout,
+                            re.M)
+        if done.returncode == 0:
+            outcome = "SURVIVED"
+        elif caught:
+            outcome = "%s.%s" % (caught[0][1].split(".", 1)[-1], caught[0][0])
+        else:
+            outcome = "failed: " + (done.stdout.strip().splitlines() or ["?"])[-1][:80]
+    except subprocess.TimeoutExpired:
+        outcome = "failed: timed out (%d s)" % TIMEOUT
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    results[number] = (outcome, time.time() - started)
+
+
+def main(argv):
+    """Run the mutations (those matching argv's words, if any); return the exit status."""
+    with open(PROGRAM, encoding="utf-8") as f:
+        source = f.read()
+    chosen = [(i, m) for i, m in enumerate(MUTATIONS)
+              if not argv or any(w.lower() in m[0].lower() for w in argv)]
+    broken = []
+    for _, (description, original, mutated, _) in chosen:
+        if source.count(original) != 1:
+            broken.append("NOT IN THE PROGRAM (exactly once): %s: %r" % (description, original))
+            continue
+        try:
+            compile(source.replace(original, mutated), "mutant", "exec")
+        except SyntaxError as e:
+            broken.append("DOES NOT COMPILE: %s: %s" % (description, e))
+    pending = [(i, m) for i, m in chosen if not any(m[0] + ":" in b for b in broken)]
+    results = {}
+    lock = threading.Lock()
+    started = time.time()
+
+    def worker():
+        while True:
+            with lock:
+                if not pending:
+                    return
+                number, mutation = pending.pop(0)
+            run_mutant(number, mutation, source, results)
+            with lock:
+                print("%3d done: %s (%.0f s)" % ((number,) + results[number]), flush=True)
+
+    workers = [threading.Thread(target=worker) for _ in range((os.cpu_count() or 1) + 1)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    print("\n%-3s  %-62s  %s" % ("#", "mutation", "caught by"))
+    for number in sorted(results):
+        print("%-3d  %-62.62s  %s" % (number, MUTATIONS[number][0], results[number][0]))
+    survived = [n for n, (outcome, _) in results.items()
+                if outcome == "SURVIVED" or outcome.startswith("failed:")]
+    for line in broken:
+        print(line)
+    print("\n%d mutations in %.0f s: %d caught, %d survived or failed to run, %d not "
+          "applicable" % (len(chosen), time.time() - started, len(results) - len(survived),
+                          len(survived), len(broken)))
+    return 1 if survived or broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
