@@ -3,7 +3,7 @@ PYTHON ?= python3
 DEMO_PORT ?= 8000
 FAKE_PORT ?= 8001
 
-.PHONY: test test-all test-stress test-browser demo run bench
+.PHONY: test test-all test-stress test-browser test-mutations demo run bench
 
 test:            ## the suite with python3
 	$(PYTHON) tests/run.py
@@ -17,6 +17,9 @@ test-stress:     ## the long runs: 100,000 logins, 200 slow clients, rotation un
 test-browser:    ## the flow in headless Chromium (Debian package chromium)
 	@command -v chromium >/dev/null || { echo "test-browser: chromium is missing: apt-get install chromium"; exit 1; }
 	$(PYTHON) tests/run.py tests.browser_test
+
+test-mutations:  ## break each property once (tests/mutations.py): a test must fail each time
+	$(PYTHON) tests/mutations.py
 
 demo:            ## the whole flow against a fake Netatmo cloud, no account needed
 	@trap 'kill $$fake 2>/dev/null' EXIT INT TERM; \

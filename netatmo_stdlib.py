@@ -1490,7 +1490,9 @@ class Handler(BaseHTTPRequestHandler):
             self.read_body()
             self.server.unwatch(self.connection)  # the request is in: no deadline now
             if methods is None:
-                raise PageError(404, "Page not found", "There is nothing at this address.")
+                raise PageError(404, "Page not found", "There is nothing at %s here."
+                                % urllib.parse.unquote(path)[:200].translate(
+                                    CONTROL_CHARACTERS))
             name = methods.get("GET" if self.command == "HEAD" else self.command)
             if name is None:
                 allow = ", ".join(sorted(set(methods) | ({"HEAD"} if "GET" in methods else set())))

@@ -159,6 +159,7 @@ class FakeNetatmo(object):
         self.rate_limits = ((50, 10), (500, 3600))  # (calls, seconds) per user
         self.withheld_scopes = set()   # scopes the person unticks at the consent page
         self.refuse_pkce = False       # answer invalid_request to a code_challenge
+        self.odd_scopes = []           # names added to the scope of token answers
         self.scope_format = "list"     # how /oauth2/token writes scope: list, string, none
         self.lifetime_fields = ("expires_in", "expire_in")  # Netatmo sends both
         self.faults = []               # [path, kind, remaining count]
@@ -185,9 +186,9 @@ class FakeNetatmo(object):
 
     # -- life --
 
-    def start(self, tls=False):
-        """Serve on a free port of 127.0.0.1 in a thread; return the base URL."""
-        self.server = FakeServer(("127.0.0.1", 0), FakeHandler)
+    def start(self, tls=False, host="127.0.0.1"):
+        """Serve on a free port of host (a loopback address) in a thread; return the URL."""
+        self.server = FakeServer((host, 0), FakeHandler)
         self.server.fake = self
         self.scheme = "https" if tls else "http"
         if tls:
@@ -200,7 +201,8 @@ class FakeNetatmo(object):
     @property
     def url(self):
         """Return the base URL, as netatmo_stdlib's --api-url."""
-        return "%s://127.0.0.1:%d" % (self.scheme, self.server.server_address[1])
+        return "%s://%s:%d" % (self.scheme, self.server.server_address[0],
+                               self.server.server_address[1])
 
     def stop(self):
         """Release hanging requests, stop serving and close the socket (once)."""
@@ -225,8 +227,9 @@ class FakeNetatmo(object):
         "too_many_connections", "invalid_grant", "invalid_client", "scope" (403 code 13),
         "redirect" (302 to /elsewhere), "huge" (9 MB, with its length), "endless" (9 MB
         without a length, until the connection closes), "deep" (JSON nested 100,000
-        deep), ("body", value): a 200 envelope holding value, or ("json", value): a 200
-        whose whole answer is value.
+        deep), ("body", value): a 200 envelope holding value, ("json", value): a 200
+        whose whole answer is value, or ("status", status, value): that status with
+        value as JSON.
         """
         with self.lock:
             self.faults.append([path, kind, times])
@@ -372,9 +375,9 @@ class FakeNetatmo(object):
         answer = {"access_token": access_token, "refresh_token": refresh_token}
         answer.update((field, self.expires_in) for field in self.lifetime_fields)
         if self.scope_format == "list":
-            answer["scope"] = list(scope)
+            answer["scope"] = list(scope) + self.odd_scopes
         elif self.scope_format == "string":
-            answer["scope"] = " ".join(scope)
+            answer["scope"] = " ".join(list(scope) + self.odd_scopes)
         return answer
 
     def api(self, path, authorization):
@@ -587,6 +590,9 @@ class FakeHandler(BaseHTTPRequestHandler):
             return True
         if isinstance(kind, tuple) and kind[0] == "json":
             self.answer_json(200, kind[1])
+            return True
+        if isinstance(kind, tuple) and kind[0] == "status":
+            self.answer_json(kind[1], kind[2])
             return True
         if kind == "redirect":
             self.answer(302, b"", "text/plain", {"Location": fake.url + "/elsewhere"})

@@ -3,7 +3,8 @@
 Each case is raw bytes (http.client refuses to send most of them) and whether a
 well-formed request line went out (then an answer is required; for unparseable bytes
 a closed connection is also fine). Hostile values carry the marker FZ, so a check can
-tell whether anything from the input came back unescaped.
+tell whether anything from the input came back unescaped: they go into the query
+(codes, states, errors) and into the path, which the 404 page names.
 """
 
 import random
@@ -38,9 +39,11 @@ def quote_loosely(rng, text):
 
 def random_path(rng):
     """Return a path: a route, a traversal, junk escapes, or invalid UTF-8."""
-    kind = rng.randrange(7)
+    kind = rng.randrange(8)
     if kind == 0:
         return rng.choice(ROUTES)
+    if kind == 7:  # hostile text where the 404 page names the path
+        return "/" + quote_loosely(rng, rng.choice(HOSTILE)).replace("?", "%3F")
     if kind == 1:
         return rng.choice(["/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "//login",
                            "/devices/../login", "/.%2e/", "/login/", "/DEVICES", "\\login",

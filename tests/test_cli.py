@@ -11,7 +11,8 @@ import unittest
 import urllib.parse
 import urllib.request
 
-from tests.support import ROOT
+from tests.fake_netatmo import FakeNetatmo
+from tests.support import ROOT, Browser
 
 PROGRAM = os.path.join(ROOT, "netatmo_stdlib.py")
 GOOD = {"NETATMO_CLIENT_ID": "an-id", "NETATMO_CLIENT_SECRET": "a-secret"}
@@ -133,14 +134,24 @@ class StartTest(unittest.TestCase):
         self.assertIn('"GET /healthz" 200', err)
 
     def test_old_app_id_variable_and_secret_file(self):
+        fake = FakeNetatmo("old-name", "from-a-file")  # Netatmo takes the exact secret
+        fake.start()
+        self.addCleanup(fake.stop)
         with tempfile.NamedTemporaryFile("w") as f:
-            f.write("from-a-file\n")
+            f.write("from-a-file\n")  # as an editor saves it: with a newline
             f.flush()
-            started = Started(["--port", "0", "--client-secret-file", f.name],
-                              NETATMO_APP_ID="old-name")
+            started = Started(["--port", "0", "--client-secret-file", f.name,
+                               "--api-url", fake.url], NETATMO_APP_ID="old-name")
+            fake.register_redirect_uri(started.redirect_line.split()[-1])
+            hops = Browser().follow(started.open_line.split()[2] + "login",
+                                    approve_as="alice")
             status, _, err = started.interrupt()
         self.assertIn("open http://", started.open_line)
         self.assertEqual(status, 0, err)
+        self.assertEqual(hops[-1].status, 200, hops[-1].text[:300])
+        [token] = fake.token_requests("authorization_code")
+        self.assertEqual((token.form["client_id"], token.form["client_secret"]),
+                         ("old-name", "from-a-file"))
 
     def test_wildcard_host_gives_a_localhost_redirect_uri(self):
         started = Started(["--host", "0.0.0.0", "--port", "0"], **GOOD)

@@ -83,6 +83,28 @@ class DeviceListTest(AppTestCase):
         self.assertEqual(devices["70:ee:50:00:00:05"]["home"], "<b>Bob's \"home\"</b> & co")
         self.assertEqual(len(devices), 6)
 
+    def test_every_column_and_every_message_from_netatmo_is_escaped(self):
+        self.fake.odd_scopes = ["<b>odd</b>"]
+        browser, _ = self.login("alice")
+        self.fake.fail("/api/gethomecoachsdata", ("body", {"devices": [{
+            "_id": "<u>id</u>", "type": "<i>T</i>", "station_name": "<s>n</s>",
+            "home_name": "<q>h</q>"}]}))
+        page = browser.get(self.url + "/devices").text
+        for tag, text in (("u", "id"), ("i", "T"), ("s", "n"), ("q", "h")):
+            self.assertNotIn("<%s>%s" % (tag, text), page)
+        # The type column, and the product column that shows an unknown type's code.
+        self.assertEqual(page.count("&lt;i&gt;T&lt;/i&gt;"), 2)
+        self.assertIn("&lt;u&gt;id&lt;/u&gt;", page)
+        home = browser.get(self.url + "/").text
+        self.assertNotIn("<b>odd", home)
+        self.assertIn("&lt;b&gt;odd&lt;/b&gt;", home)
+        self.fake.fail("/api/homesdata", ("status", 500, {"error": {
+            "code": 0, "message": "<img src=x onerror=alert(1)>"}}))
+        error = browser.get(self.url + "/devices")
+        self.assertEqual(error.status, 502)
+        self.assertNotIn("<img", error.text)
+        self.assertIn("&lt;img src=x onerror=alert(1)&gt;", error.text)
+
     def test_account_without_homes_and_with_unreachable_stations(self):
         browser, _ = self.login("carol")
         devices = by_id(browser.get(self.url + "/devices.json").json()["devices"])
@@ -224,23 +246,29 @@ class CacheTest(AppTestCase):
         self.assertEqual(self.api_calls(), 6)
 
     def test_the_list_is_fetched_again_after_the_window(self):
-        self.server.config.cache_seconds = 0.2
-        browser, _ = self.login("alice")
-        [(sid, session)] = self.server.sessions.sessions.items()
-        session.device_list = session.device_list._replace(fetched_at=time.time() - 1)
-        browser.get(self.url + "/devices")
+        server = self.start_app(cache_seconds=1.0)
+        url = "http://127.0.0.1:%d" % server.server_address[1]
+        browser = Browser()
+        self.assertEqual(browser.follow(url + "/login", approve_as="alice")[-1].status, 200)
+        self.assertEqual(browser.get(url + "/devices").status, 200)
+        self.assertEqual(self.api_calls(), 3)  # within the window: from the cache
+        [session] = server.sessions.sessions.values()
+        time.sleep(max(0, session.device_list.fetched_at + 1 - time.time()))  # the clock
+        self.assertEqual(browser.get(url + "/devices").status, 200)
         self.assertEqual(self.api_calls(), 6)
 
     def test_concurrent_pages_share_one_fetch(self):
         browser, _ = self.login("alice")
         browser.post(self.url + "/devices")
         self.fake.latency = 0.2
-        threads = [threading.Thread(target=browser.get, args=(self.url + "/devices",))
-                   for _ in range(10)]
+        statuses = []
+        threads = [threading.Thread(target=lambda: statuses.append(
+            browser.get(self.url + "/devices").status)) for _ in range(10)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        self.assertEqual(statuses, [200] * 10)
         self.assertEqual(self.api_calls(), 6)
 
     def test_token_refresh_keeps_the_list_logout_drops_it(self):

@@ -49,9 +49,8 @@ class FuzzTest(AppTestCase):
 
 class SlowClientTest(AppTestCase):
 
-    def setUp(self):
-        AppTestCase.setUp(self)
-        self.server.config.client_timeout = 1.0
+    def app_settings(self):
+        return {"client_timeout": 1.0}
 
     def open_slow_connections(self, count):
         """Open idle connections, and some that send one byte a second."""
@@ -138,10 +137,12 @@ class NetatmoFaultsTest(AppTestCase):
     COMMON = [("hang", 504), ("reset", 502), ("500_html", 502), ("non_json", 502),
               ("rate_limit", 429)]
 
+    def app_settings(self):
+        return {"timeout": 1.0}
+
     def setUp(self):
         AppTestCase.setUp(self)
         self.fake.rate_limits = None
-        self.server.config.timeout = 1.0
 
     def timed(self, function):
         started = time.time()

@@ -5,6 +5,7 @@ import hashlib
 import os
 import re
 import resource
+import urllib.parse
 
 import netatmo_stdlib
 from tests.fake_netatmo import FakeNetatmo, TLS_CERT
@@ -62,6 +63,9 @@ class HeadersTest(AppTestCase):
         response = Browser().get(self.url + "/nowhere")
         self.assertEqual(response.status, 404)
         self.assertIn("Page not found", response.text)
+        response = Browser().get(self.url + "/%3Cscript%3Ex%22'")
+        self.assertIn("There is nothing at /&lt;script&gt;x&quot;&#x27; here.", response.text)
+        self.assertNotIn("<script>x", response.text)
         response = Browser().request("DELETE", self.url + "/logout")
         self.assertEqual(response.status, 405)
         self.assertEqual(response.headers["Allow"], "POST")
@@ -148,12 +152,21 @@ class LogTest(AppTestCase):
         Browser().get(self.url + "/authenticate?code=0123456789abcdef&state=guessed-state")
         raw_exchange(self.server.server_address[1],
                      b"GET /authenticate?code=fedcba9876543210 junk HTTP/1.1\r\n\r\n")
+        session_id = browser.cookie()
         browser.post(self.url + "/logout")
         log = self.log.text()
         self.assertIn('"GET /authenticate" 303', log)
         self.assertIn('"GET /devices" 200', log)
-        secrets = self.fake.every_secret() | {"0123456789abcdef", "guessed-state",
-                                              "fedcba9876543210", browser.set_cookies[0]}
+        # Every cookie value: the session's id, and the login cookie's nonce and signature.
+        cookies = set()
+        for header in browser.set_cookies:
+            value = header.split(";", 1)[0].split("=", 1)[1]
+            cookies.update(part for part in value.split(".") if not part.isdigit())
+        cookies.discard("")
+        self.assertIn(session_id, cookies)
+        self.assertEqual(len(cookies), 3)
+        secrets = self.fake.every_secret() | cookies | {
+            "0123456789abcdef", "guessed-state", "fedcba9876543210"}
         for secret in secrets:
             for part in secret.split("|"):
                 self.assertNotIn(part, log)
@@ -297,6 +310,7 @@ class ProxyTest(AppTestCase):
         for _ in range(3):
             self.assertEqual(browser.get(url + "/devices.json").status, 200)
         tunnels = self.fake.requests_to(netatmo_host)
+        self.assertGreaterEqual(len(tunnels), 1)  # https_proxy was used
         self.assertTrue(all(t.method == "CONNECT" for t in tunnels))
         self.assertLessEqual(len(tunnels), 4)  # the token's, then 3 kept for 12 API calls
         password = "Basic " + base64.b64encode(b"someone:proxy-secret").decode()
@@ -374,6 +388,22 @@ class NetatmoConnectionTest(AppTestCase):
         calls = [r for path in API for r in tls_fake.requests_to(path)]
         self.assertEqual(len(calls), 12)
         self.assertLessEqual(len(set(r.connection for r in calls)), 3)
+
+    def test_host_name_is_verified(self):
+        trust_test_certificate(self)  # a certificate for 127.0.0.1 and localhost...
+        tls_fake = FakeNetatmo(CLIENT_ID, CLIENT_SECRET)
+        tls_fake.start(tls=True, host="127.0.0.2")  # ...on a server called otherwise
+        self.addCleanup(tls_fake.stop)
+        server = self.start_app(api_url=tls_fake.url)
+        tls_fake.register_redirect_uri(server.config.redirect_uri)
+        url = "http://127.0.0.1:%d" % server.server_address[1]
+        browser = Browser()
+        state = urllib.parse.parse_qs(urllib.parse.urlsplit(
+            browser.get(url + "/login").location).query)["state"][0]
+        response = browser.get(url + "/authenticate?code=abc&state=" + state)
+        self.assertEqual(response.status, 502)
+        self.assertIn("Netatmo could not be reached", response.text)
+        self.assertEqual(tls_fake.token_requests(), [])  # the name did not match: no call
 
     def test_a_redirect_from_netatmo_is_not_followed_with_the_token(self):
         browser, _ = self.login("alice")

@@ -176,6 +176,32 @@ class OnceTest(AppTestCase):
         self.assertEqual(status, 0, err)
         self.assertEqual(len(out.splitlines()), 74)
 
+    def test_timeout_for_netatmo_by_flag_and_by_environment(self):
+        for args, env in ((["--timeout", "0.5"], {}), ([], {"NETATMO_TIMEOUT": "0.5"})):
+            with self.subTest(args=args, env=env):
+                self.fake.fail("/oauth2/token", "hang")
+                run = OnceRun(self, *args, **env)
+                url = run.wait_for_login_url()
+                started = time.time()
+                Browser().follow(url, approve_as="alice")
+                self.assertLess(time.time() - started, 2)
+                status, _, err = run.finish()
+                self.assertEqual(status, 4, err)
+                self.assertIn("Netatmo did not answer within 0.5 seconds", err)
+
+    def test_client_timeout_by_flag_and_by_environment(self):
+        for args, env in ((["--client-timeout", "1"], {}),
+                          ([], {"NETATMO_CLIENT_TIMEOUT": "1"})):
+            with self.subTest(args=args, env=env):
+                run = OnceRun(self, *args, **env)
+                netloc = urllib.parse.urlsplit(run.wait_for_login_url()).netloc
+                host, port = netloc.rsplit(":", 1)
+                with socket.create_connection((host, int(port)), timeout=10) as idle:
+                    started = time.time()
+                    self.assertEqual(idle.recv(100), b"")  # closed by the server
+                    self.assertLess(time.time() - started, 3)
+                run.kill()
+
     def test_ctrl_c_exits_130(self):
         run = OnceRun(self)
         run.wait_for_login_url()
@@ -428,6 +454,19 @@ class TokenFileTest(AppTestCase):
         self.assertNotEqual(os.stat(self.path).st_ino, inode)  # replaced by a rename
         self.assertIn(self.saved()["refresh_token"], self.fake.refresh_tokens)
         self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
+
+    def test_the_last_login_owns_the_file(self):
+        server = self.start_app(token_file=self.path)
+        url = "http://127.0.0.1:%d" % server.server_address[1]
+        older, newer = Browser(), Browser()
+        self.assertEqual(older.follow(url + "/login", approve_as="alice")[-1].status, 200)
+        self.assertEqual(newer.follow(url + "/login", approve_as="carol")[-1].status, 200)
+        carols = self.saved()
+        self.assertEqual(older.post(url + "/refresh").status, 303)  # the older session
+        self.assertEqual(self.saved(), carols)
+        self.assertEqual(newer.post(url + "/refresh").status, 303)
+        self.assertNotEqual(self.saved()["refresh_token"], carols["refresh_token"])
+        self.assertIn(self.saved()["refresh_token"], self.fake.refresh_tokens)
 
 
 class HttpsTest(AppTestCase):

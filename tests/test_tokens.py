@@ -10,6 +10,13 @@ import urllib.request
 from tests.support import AppTestCase, Browser, CLIENT_ID, CLIENT_SECRET
 
 
+def wait_until_half_life(server):
+    """Let the clock run until the only session's token has lived half its life."""
+    [session] = server.sessions.sessions.values()
+    tokens = session.tokens
+    time.sleep(max(0, tokens.expires_at - tokens.lifetime / 2 - time.time()) + 0.05)
+
+
 class RefreshTest(AppTestCase):
 
     def setUp(self):
@@ -42,10 +49,10 @@ class RefreshTest(AppTestCase):
         self.assertEqual(self.fake.refresh_reuse, 0)
 
     def test_token_about_to_expire_is_refreshed_before_the_call(self):
+        self.fake.expires_in = 2  # the margin is then half of that: 1 s
         browser, _ = self.login("alice")
         self.assertEqual(self.refreshes(), 0)
-        [(sid, session)] = self.server.sessions.sessions.items()
-        session.tokens = session.tokens._replace(expires_at=session.tokens.expires_at - 10790)
+        wait_until_half_life(self.server)
         self.assertEqual(browser.get(self.url + "/devices.json").status, 200)
         self.assertEqual(self.refreshes(), 1)
         # The calls after the refresh carried the new token, so none was refused.
@@ -132,11 +139,15 @@ class RefreshTest(AppTestCase):
         self.assertNoTraceback()
 
     def test_refresh_timeout_is_a_504_and_keeps_the_session(self):
-        browser, _ = self.login("alice")
-        self.server.config.timeout = 0.5
+        server = self.start_app(timeout=0.5)
+        url = "http://127.0.0.1:%d" % server.server_address[1]
+        browser = Browser()
+        self.assertEqual(browser.follow(url + "/login", approve_as="alice")[-1].status, 200)
         self.fake.fail("/oauth2/token", "hang")
-        self.assertEqual(browser.post(self.url + "/refresh").status, 504)
-        self.assertEqual(browser.get(self.url + "/devices.json").status, 200)
+        started = time.time()
+        self.assertEqual(browser.post(url + "/refresh").status, 504)
+        self.assertLess(time.time() - started, 2)
+        self.assertEqual(browser.get(url + "/devices.json").status, 200)
 
 
 class LifetimeTest(AppTestCase):
@@ -151,11 +162,16 @@ class LifetimeTest(AppTestCase):
         self.assertAlmostEqual(expiry, time.time() + 7200, delta=60)
 
     def test_short_lived_token_is_refreshed_at_half_its_life_not_on_every_call(self):
-        self.fake.expires_in = 30  # under the 60 s margin
+        self.fake.expires_in = 2  # under the 60 s margin: refreshed with 1 s left
+        self.fake.rate_limits = None
         browser, _ = self.login("alice")
         for _ in range(3):
             self.assertEqual(browser.get(self.url + "/devices.json").status, 200)
         self.assertEqual(len(self.fake.token_requests("refresh_token")), 0)
+        wait_until_half_life(self.server)
+        for _ in range(3):
+            self.assertEqual(browser.get(self.url + "/devices.json").status, 200)
+        self.assertEqual(len(self.fake.token_requests("refresh_token")), 1)
 
     def test_no_lifetime_at_all_shows_unknown_and_relies_on_code_3(self):
         self.fake.lifetime_fields = ()
