@@ -29,8 +29,10 @@ Access tokens last about 3 hours. We refresh them before they run out, one refre
 at a time per session, because Netatmo rotates refresh tokens: each one works once.
 
 The same flow also runs in a terminal: --once waits for one login, prints the
-devices and exits, and --token-file keeps the tokens in a file (0600) so that a later
-run, or another program, can refresh them without a browser.
+devices and exits; --print-token prints an access token, for scripts. --token-file
+keeps the tokens in a file (0600) that later runs, cron jobs and a web server can
+share: each uses the saved access token while it is good, and refreshes it under
+the file's lock, so that no two of them present the same refresh token.
 
 What this protects: the login against forged callbacks (state, bound to the
 browser by the signed login cookie), the code against
@@ -111,7 +113,8 @@ class Config(object):
                  redirect_uri=None, scopes=DEFAULT_SCOPES, api_url=DEFAULT_API_URL,
                  timeout=10.0, cache_seconds=30.0, once=False, json_output=False,
                  wait=300.0, token_file=None, no_browser=False, open_browser=False,
-                 certfile=None, keyfile=None, client_timeout=30.0, pkce=True):
+                 certfile=None, keyfile=None, client_timeout=30.0, pkce=True,
+                 print_token=False):
         self.client_id = client_id
         self.client_secret = client_secret
         self.host = host
@@ -130,6 +133,7 @@ class Config(object):
         self.keyfile = keyfile
         self.client_timeout = client_timeout  # a browser's request must arrive within this
         self.pkce = pkce                  # send a PKCE challenge and verifier (RFC 7636)
+        self.print_token = print_token    # terminal mode: print an access token, exit
         self.redirect_uri = redirect_uri or self.default_redirect_uri()
 
     def default_redirect_uri(self):
@@ -142,6 +146,11 @@ class Config(object):
         if ":" in host:
             host = "[%s]" % host
         return "%s://%s:%d%s" % ("https" if self.certfile else "http", host, self.port, path)
+
+    @property
+    def terminal(self):
+        """Return True in the terminal modes: one login, print, exit."""
+        return self.once or self.print_token
 
     @property
     def origin(self):
@@ -213,7 +222,9 @@ def argument_parser():
                   then open http://127.0.0.1:8000/
   terminal:       python3 netatmo_stdlib.py --once --open
   for a script:   python3 netatmo_stdlib.py --once --json --token-file ~/.netatmo.json
-                  (later runs refresh the saved login without a browser)
+                  (later runs use the saved login without a browser)
+  a token:        curl -H "Authorization: Bearer $(python3 netatmo_stdlib.py
+                  --print-token --token-file ~/.netatmo.json --no-browser)" ...
   over SSH:       ssh -L 8000:127.0.0.1:8000 host, run --once there, open the URL here
   https on a LAN: python3 netatmo_stdlib.py --host 0.0.0.0 --certfile c.pem --keyfile k.pem
                   --redirect-uri https://box.lan:8000/authenticate
@@ -248,8 +259,12 @@ exit status: 0 done, 1 declined or login failed, 2 bad setting, 3 --wait ran out
     terminal = parser.add_argument_group("terminal mode")
     terminal.add_argument("--once", action="store_true", help="wait for one login, print "
                           "the devices on stdout, exit")
+    terminal.add_argument("--print-token", action="store_true", help="print a valid access "
+                          "token on stdout and exit, calling no device endpoint: for "
+                          "scripts, with --token-file")
     terminal.add_argument("--json", action="store_true", help="with --once: print JSON, "
-                          "as /devices.json, instead of a table")
+                          "as /devices.json, instead of a table; with --print-token: "
+                          "the token, its expires_at and scope")
     terminal.add_argument("--wait", metavar="SECONDS", help="with --once: give up after "
                           "this long without a login (default 300)")
     terminal.add_argument("--token-file", metavar="PATH", help="save the tokens here (0600) "
@@ -314,15 +329,17 @@ def read_config(argv, environ):
                   0.1, 86400)
     if bool(args.certfile) != bool(args.keyfile):
         raise ConfigError("--certfile and --keyfile go together: pass both to serve https")
+    if args.once and args.print_token:
+        raise ConfigError("--once and --print-token are two modes: pick one")
     for flag, value in (("--json", args.json), ("--wait", args.wait),
                         ("--no-browser", args.no_browser)):
-        if value and not args.once:
-            raise ConfigError("%s works with --once only" % flag)
+        if value and not (args.once or args.print_token):
+            raise ConfigError("%s works with --once or --print-token only" % flag)
     pkce = not args.no_pkce and environ.get("NETATMO_PKCE", "1").strip() != "0"
     config = Config(client_id.strip(), client_secret, host, port, redirect_uri, scopes,
                     api_url, timeout, cache_seconds, args.once, args.json, wait,
                     args.token_file, args.no_browser, args.open, args.certfile, args.keyfile,
-                    client_timeout, pkce)
+                    client_timeout, pkce, args.print_token)
     if config.token_file:  # before anything can refresh, and rotate the saved pair
         config.token_file.check_writable()
     return config
@@ -881,12 +898,22 @@ class LoginExpired(Exception):
     """Netatmo no longer honours this session's refresh token: log in again."""
 
 
+class NotSaved(Exception):
+    """A refresh worked, but --token-file could not take the new pair (in `tokens`)."""
+
+    def __init__(self, tokens, error):
+        Exception.__init__(self, "cannot write the new tokens: %s"
+                           % (getattr(error, "strerror", None) or error))
+        self.tokens = tokens
+
+
 DeviceList = namedtuple("DeviceList", "devices not_granted fetched_at")
 
 
 class Session(object):
     """A logged-in browser: its tokens, its cached device list, and their locks."""
-    __slots__ = ("tokens", "last_seen", "lock", "device_list", "fetch_lock", "saver")
+    __slots__ = ("tokens", "last_seen", "lock", "device_list", "fetch_lock", "token_file",
+                 "must_save")
 
     # Refresh this many seconds before the access token runs out.
     refresh_margin = 60
@@ -897,7 +924,8 @@ class Session(object):
         self.lock = threading.Lock()        # one refresh at a time
         self.device_list = None             # the last DeviceList fetched
         self.fetch_lock = threading.Lock()  # one fetch at a time
-        self.saver = None                   # --token-file: called with each new pair
+        self.token_file = None   # --token-file, when this session's pair is the file's
+        self.must_save = False   # a pair that cannot be saved fails the refresh (--once)
 
     def devices(self, fetch, max_age):
         """Return the cached DeviceList if younger than max_age seconds, else fetch().
@@ -941,19 +969,25 @@ class Session(object):
             tokens = self.tokens
             if stale_access_token is not None and tokens.access_token != stale_access_token:
                 return tokens.access_token
-            try:
-                self.tokens = client.refresh(tokens.refresh_token)
-            except NetatmoError as e:
-                if e.error == "invalid_grant":
-                    raise LoginExpired()
-                raise
-            log.info("refreshed the tokens of a session")
-            if self.saver is not None:
-                try:
-                    self.saver(self.tokens)  # the old refresh token is dead: save now
-                except OSError as e:
-                    log.error("could not save the new tokens to --token-file: %s", e)
+            self.tokens = self.renew(client, tokens)
             return self.tokens.access_token
+
+    def renew(self, client, tokens):
+        """Return the pair that follows tokens: through --token-file if this session has it.
+
+        The file is shared with other programs (a cron job, a script): its lock makes
+        one refresh at a time among all of them, and a pair one of them rotated is
+        taken from the file instead of being refreshed again.
+        """
+        if self.token_file is None:
+            return renewed(client, tokens)
+        try:
+            return self.token_file.refresh(client, tokens, self.refresh_margin)
+        except (NotSaved, ConfigError) as e:
+            if self.must_save:
+                raise
+            log.error("--token-file was not updated: %s", e)
+            return e.tokens if isinstance(e, NotSaved) else renewed(client, tokens)
 
     def api_get(self, client, name):
         """Return the body of /api/<name>; on code 2 or 3, refresh once and retry.
@@ -981,6 +1015,18 @@ class Session(object):
                 else:
                     access_token = self.refresh(client, access_token)
                     refreshed = True
+
+
+def renewed(client, tokens):
+    """Return new Tokens from Netatmo for tokens' refresh token, which then dies."""
+    try:
+        new = client.refresh(tokens.refresh_token)
+    except NetatmoError as e:
+        if e.error == "invalid_grant":
+            raise LoginExpired()
+        raise
+    log.info("refreshed the tokens of a session")
+    return new
 
 
 def outlived(tokens):
@@ -1095,6 +1141,7 @@ class TokenFile(object):
     """
 
     fields = ("access_token", "refresh_token", "expires_at", "scope")
+    lock_wait = 60.0  # seconds to wait for another program's refresh, then give up
 
     def __init__(self, path):
         self.path = os.path.abspath(path)
@@ -1175,6 +1222,37 @@ class TokenFile(object):
             raise
         sync_folder(os.path.dirname(self.path))
 
+    def refresh(self, client, tokens, margin):
+        """Return the pair that follows tokens, taken or made under the file's lock.
+
+        Read, refresh, write: while one program does it, the others wait. Once the
+        lock is held, the file is read again: if another program rotated the pair
+        meanwhile, the file holds the live one, and it is used as it is (or, if it
+        too is about to expire, refreshed in turn). Our own refresh token would only
+        get invalid_grant. The lock is held for the refresh and its write only.
+        """
+        with self.locked():
+            saved = self.load()
+            if saved is not None and saved.refresh_token != tokens.refresh_token:
+                if saved.expires_at is None or saved.expires_at - time.time() > margin:
+                    log.info("took the pair another program refreshed, from --token-file")
+                    return saved
+                tokens = saved
+            new = renewed(client, tokens)
+            try:
+                self.save(new)
+            except OSError as e:
+                raise NotSaved(new, e)
+            return new
+
+    def locked(self):
+        """Return a context manager that holds the file's lock: PATH.lock, exclusive.
+
+        The lock is the operating system's (flock, or msvcrt.locking on Windows): a
+        program that dies holding it releases it with its last breath.
+        """
+        return FileLock(self.path + ".lock", self.lock_wait)
+
     def temporary_file(self):
         """Return (descriptor, path) of a new file, 0600, of a random name beside PATH."""
         return tempfile.mkstemp(prefix=".netatmo-tokens-", suffix=".tmp",
@@ -1192,7 +1270,56 @@ class TokenFile(object):
                                                      e.strerror or e))
 
 
-# File permissions differ by platform; these two functions hold the difference.
+# File permissions and locks differ by platform; what follows holds the difference.
+
+try:
+    import fcntl  # POSIX: Linux, macOS, the BSDs
+    msvcrt = None
+except ImportError:  # Windows
+    import msvcrt
+    fcntl = None
+
+
+class FileLock(object):
+    """An exclusive lock on a file, for a `with` block, given up after `wait` seconds."""
+
+    def __init__(self, path, wait):
+        self.path = path
+        self.wait = wait
+        self.fd = None
+
+    def __enter__(self):
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT
+                              | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except OSError as e:
+            raise ConfigError("cannot open the lock file %s: %s" % (self.path, e.strerror))
+        deadline = time.time() + self.wait
+        while not self.try_lock():
+            if time.time() > deadline:
+                os.close(self.fd)
+                raise ConfigError("another program has held %s for %g s; if none should, "
+                                  "try again" % (self.path, self.wait))
+            time.sleep(0.05)  # flock cannot wait with a deadline; polling can
+        return self
+
+    def try_lock(self):
+        """Take the lock if it is free; return False if another program holds it."""
+        try:
+            if fcntl is not None:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:
+                msvcrt.locking(self.fd, msvcrt.LK_NBLCK, 1)
+        except (BlockingIOError, PermissionError):  # PermissionError: Windows says so
+            return False
+        return True
+
+    def __exit__(self, *exc_info):
+        if fcntl is None:
+            msvcrt.locking(self.fd, msvcrt.LK_UNLCK, 1)
+        os.close(self.fd)  # which releases flock's lock
+        return False
+
 
 def not_private(info):
     """Return (what is wrong, what to do) if a file's owner or mode is not private.
@@ -1604,6 +1731,11 @@ class Handler(BaseHTTPRequestHandler):
         self.server.keep_tokens(session)
         self.set_cookie(self.server.config.cookie_name, sid)
         self.expire_cookie(self.server.config.login_cookie_name, "/authenticate")
+        if self.server.outcome is not None and self.server.config.print_token:
+            self.send_html(200, page("Done", "<p>The terminal has your access token. You "
+                                             "may close this tab.</p>"))
+            self.server.outcome.finish(0, tokens=session.tokens)
+            return
         if self.server.outcome is not None:  # --once: the terminal gets the devices
             found = self.device_list(sid, session)
             self.send_html(200, page("Done", "<p>The terminal has the list of your %d "
@@ -1898,7 +2030,7 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
         self.config = config
         self.sessions = SessionStore()
         self.logins = Logins()
-        self.outcome = Outcome() if config.once else None
+        self.outcome = Outcome() if config.terminal else None
         self.tls = tls_context(config) if config.certfile else None
         self.token_lock = threading.Lock()
         self.token_owner = None  # the session whose tokens --token-file holds
@@ -1910,7 +2042,7 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
         self.next_refusal_log = 0
         # --once: the login URL printed in the terminal carries this secret, and only
         # a browser that has it may log in: not another user of this host first.
-        self.login_key = secrets.token_urlsafe(24) if config.once else None
+        self.login_key = secrets.token_urlsafe(24) if config.terminal else None
 
     def login_path(self):
         """Return the path of /login, with the --once secret when there is one."""
@@ -1989,15 +2121,16 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
             return
         with self.token_lock:
             if self.token_owner is not None:
-                self.token_owner.saver = None
+                self.token_owner.token_file = None
             self.token_owner = session
-            session.saver = token_file.save
+            session.token_file = token_file
         try:
-            token_file.save(session.tokens)
-        except OSError as e:
+            with token_file.locked():  # not in the middle of another program's refresh
+                token_file.save(session.tokens)
+        except (OSError, ConfigError) as e:
             raise PageError(500, "Cannot save the tokens", "Writing --token-file failed (%s); "
-                            "the login worked, but the file was not updated." % e.strerror,
-                            exit_status=2)
+                            "the login worked, but the file was not updated."
+                            % (getattr(e, "strerror", None) or e), exit_status=2)
 
     def finish_request(self, request, client_address):
         """Serve one connection; with --certfile, first the TLS handshake, in its thread."""
@@ -2077,7 +2210,8 @@ def tls_context(config):
 # ---- The terminal mode (--once) ------------------------------------------------
 
 class Outcome(object):
-    """How a --once run ends: a device list, or an exit status and why."""
+    """How a --once or --print-token run ends: a device list or tokens, or an exit
+    status and why."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -2085,24 +2219,26 @@ class Outcome(object):
         self.status = None
         self.message = None
         self.device_list = None
+        self.tokens = None
 
-    def finish(self, status, message=None, device_list=None):
+    def finish(self, status, message=None, device_list=None, tokens=None):
         """Record the end of the run, once; later calls change nothing."""
         with self.lock:
             if self.done.is_set():
                 return
-            self.status, self.message, self.device_list = status, message, device_list
+            self.status, self.message = status, message
+            self.device_list, self.tokens = device_list, tokens
             self.done.set()
 
 
-def run_once(config, server, saved):
-    """--once: log in (from the saved tokens, else in a browser), print the devices.
+def run_terminal(config, server, saved):
+    """--once or --print-token: log in (from the saved tokens, else in a browser), print.
 
     Return the exit status: 0 done, 1 declined or login failed, 2 bad setting,
     3 no login within --wait, 4 Netatmo failed, 130 Ctrl-C.
     """
     if saved is not None:
-        status = devices_from_saved_login(config, server, saved)
+        status = from_saved_login(config, server, saved)
         if status is not None:
             return status
     elif config.no_browser:
@@ -2129,25 +2265,34 @@ def run_once(config, server, saved):
     outcome = server.outcome
     if outcome.status != 0:
         return fail(outcome.status, outcome.message)
-    print_devices(outcome.device_list, config.json_output)
+    if config.print_token:
+        print_token(outcome.tokens, config.json_output)
+    else:
+        print_devices(outcome.device_list, config.json_output)
     return 0
 
 
-def devices_from_saved_login(config, server, saved):
-    """Refresh the saved tokens, save the new pair first, print the devices.
+def from_saved_login(config, server, saved):
+    """Use the login saved in --token-file: print the devices, or the access token.
 
-    Return the exit status, or None to fall back to a login in the browser.
+    The saved access token is used as it is while it is good for longer than the
+    refresh margin: a run then makes only the device calls, or none at all with
+    --print-token. Otherwise it is refreshed under the file's lock, and the new pair
+    is saved before anything else can fail. Return the exit status, or None to fall
+    back to a login in the browser.
     """
     session = Session(saved, time.time())
+    session.token_file, session.must_save = config.token_file, True
     try:
-        session.refresh(server.netatmo)  # rotates the pair: the saved one is dead now
-        config.token_file.save(session.tokens)  # so the new one is saved first of all
-        session.saver = config.token_file.save  # and again after any later refresh
-        found = fetch_device_list(session, server.netatmo, config.scopes)
-    except OSError as e:
+        session.access_token(server.netatmo)  # refreshes now only if it must
+        found = None if config.print_token else fetch_device_list(session, server.netatmo,
+                                                                   config.scopes)
+    except NotSaved as e:
         return fail(2, "the saved login was refreshed but the new tokens could not be "
                     "written to %s (%s); fix the file's folder and log in again"
-                    % (config.token_file.path, e.strerror or e))
+                    % (config.token_file.path, e))
+    except ConfigError as e:
+        return fail(2, str(e))
     except LoginExpired:
         message = ("the saved login in %s expired or was used elsewhere (Netatmo allows "
                    "each refresh token once)" % config.token_file.path)
@@ -2158,7 +2303,10 @@ def devices_from_saved_login(config, server, saved):
     except NetatmoError as e:
         error = page_error_for(e)
         return fail(error.exit_status, "%s. %s" % (error.title, error.explanation))
-    print_devices(found, config.json_output)
+    if config.print_token:
+        print_token(session.tokens, config.json_output)
+    else:
+        print_devices(found, config.json_output)
     return 0
 
 
@@ -2181,6 +2329,22 @@ def print_devices(found, as_json):
         text = "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip()
                          for row in rows)
         text += "".join("\nnot granted: %s" % line for _, line in found.not_granted)
+    write_out(text)
+
+
+def print_token(tokens, as_json):
+    """Print the access token on stdout: alone on its line, or as JSON with its expiry
+    and scope. Never the refresh token: a script that needs a token needs only this."""
+    if as_json:
+        write_out(json.dumps({"access_token": tokens.access_token,
+                              "expires_at": None if tokens.expires_at is None
+                              else int(tokens.expires_at), "scope": tokens.scope}, indent=2))
+    else:
+        write_out(tokens.access_token)
+
+
+def write_out(text):
+    """Write text and a newline on stdout, in whatever encoding the terminal has."""
     encoding = sys.stdout.encoding or "ascii"
     sys.stdout.write(text.encode(encoding, "replace").decode(encoding) + "\n")
     sys.stdout.flush()
@@ -2208,7 +2372,8 @@ def open_browser(url):
 def main(argv=None, environ=None):
     """Serve until Ctrl-C, or run --once; return the exit status (2: a bad setting)."""
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.WARNING if "--once" in argv else logging.INFO,
+    terminal = "--once" in argv or "--print-token" in argv
+    logging.basicConfig(level=logging.WARNING if terminal else logging.INFO,
                         format="%(asctime)s %(message)s", stream=sys.stderr)
     try:
         config = read_config(argv, os.environ if environ is None else environ)
@@ -2222,8 +2387,8 @@ def main(argv=None, environ=None):
     except ConfigError as e:
         sys.stderr.write("netatmo_stdlib: error: %s\n" % e)
         return 2
-    if config.once:
-        return run_once(config, server, saved)
+    if config.terminal:
+        return run_terminal(config, server, saved)
     url = config.local_url("/")
     print("netatmo_stdlib: open %s in a browser" % url)
     print("netatmo_stdlib: the redirect URI to register at %s is %s"
@@ -2243,4 +2408,4 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except KeyboardInterrupt:  # Ctrl-C before the server started
-        sys.exit(130 if "--once" in sys.argv else 0)
+        sys.exit(130 if "--once" in sys.argv or "--print-token" in sys.argv else 0)

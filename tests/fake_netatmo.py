@@ -155,6 +155,7 @@ class FakeNetatmo(object):
         self.expires_in = 10800        # lifetime of access tokens, seconds
         self.code_ttl = 60             # lifetime of authorization codes, seconds
         self.latency = 0.0             # seconds added to every /api call
+        self.token_latency = 0.0       # seconds added to every call to /oauth2/token
         self.slow_seconds = 2.0        # how long a "slow" fault delays its answer
         self.rate_limits = ((50, 10), (500, 3600))  # (calls, seconds) per user
         self.withheld_scopes = set()   # scopes the person unticks at the consent page
@@ -515,6 +516,8 @@ class FakeHandler(BaseHTTPRequestHandler):
             status, headers, body = fake.authorize(params, decision)
             self.answer(status, body, "text/html; charset=utf-8", headers)
         elif path == "/oauth2/token" and self.command == "POST":
+            if fake.token_latency:
+                fake.stopping.wait(fake.token_latency)
             status, answer = fake.token(form)
             self.answer_json(status, answer)
         elif path == "/_fake/stats":  # for the benchmark, which runs the fake apart

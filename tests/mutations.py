@@ -38,6 +38,7 @@ FLOW = "tests.test_flow."
 HTTP = "tests.test_http."
 DEVICES = "tests.test_devices."
 TOKENS = "tests.test_tokens."
+SCRIPTS = "tests.test_scripts.SharedFileTest"
 MUTATIONS = [
     # -- state, PKCE and the signed login cookie --
     ("state is not checked against the login cookie",
@@ -173,11 +174,10 @@ MUTATIONS = [
     ("two threads refresh with the same refresh token",
      'if stale_access_token is not None and tokens.access_token != stale_access_token:',
      'if False:', [TOKENS + "RefreshTest"]),
-    ("the rotated pair is not saved to --token-file",
-     'self.saver(self.tokens)  # the old refresh token is dead: save now', 'pass',
+    ("the rotated pair is not saved to --token-file", 'self.save(new)', 'pass',
      [TERMINAL + "TokenFileTest"]),
     ("an older session still writes the token file after a new login",
-     'self.token_owner.saver = None', 'pass', [TERMINAL + "TokenFileTest"]),
+     'self.token_owner.token_file = None', 'pass', [TERMINAL + "TokenFileTest"]),
     # -- the cache --
     ("the device list is fetched on every page",
      'if cached is None or time.time() - cached.fetched_at >= max_age:', 'if True:',
@@ -253,6 +253,28 @@ MUTATIONS = [
     ("--once refreshes without checking that the folder takes the new pair",
      '        config.token_file.check_writable()\n    return config',
      '        pass\n    return config', [TERMINAL + "TokenFileTest"]),
+    # -- the token file shared by several programs, and --print-token --
+    ("a good saved token is refreshed anyway",
+     'session.access_token(server.netatmo)  # refreshes now only if it must',
+     'session.refresh(server.netatmo)', [SCRIPTS]),
+    ("programs sharing the token file refresh without its lock",
+     '        with self.locked():\n            saved = self.load()',
+     '        if True:\n            saved = self.load()', [SCRIPTS]),
+    ("the token file is not read again under the lock",
+     '        with self.locked():\n            saved = self.load()',
+     '        with self.locked():\n            saved = None', [SCRIPTS]),
+    ("a pair another program rotated is refreshed again, not taken",
+     'if saved.expires_at is None or saved.expires_at - time.time() > margin:',
+     'if False:', [SCRIPTS]),
+    ("the web server's session does not share the file",
+     '            session.token_file = token_file', '            pass', [SCRIPTS]),
+    ("--print-token prints the refresh token too",
+     'write_out(json.dumps({"access_token": tokens.access_token,',
+     'write_out(json.dumps({"access_token": tokens.access_token, "refresh_token": '
+     'tokens.refresh_token,', [SCRIPTS]),
+    ("--print-token fetches the devices",
+     'found = None if config.print_token else fetch_device_list(',
+     'found = fetch_device_list(', [SCRIPTS]),
     # -- the client secret --
     ("the client-secret file read with its trailing newline",
      'secret = f.read().strip()', 'secret = f.read()',

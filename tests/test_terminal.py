@@ -41,17 +41,18 @@ FILE_SIZE_CAP = ("import os, resource, sys; n = int(sys.argv.pop(1)); "
 
 
 class OnceRun(object):
-    """netatmo_stdlib --once in a child process, against the test's fake cloud."""
+    """netatmo_stdlib --once (or mode=...) in a child process, against the test's fake."""
 
     def __init__(self, test, *args, **env):
         self.test = test
         cap = env.pop("file_size_cap", None)
+        mode = env.pop("mode", "--once")
         environment = dict(os.environ, NETATMO_CLIENT_ID=CLIENT_ID,
                            NETATMO_CLIENT_SECRET=CLIENT_SECRET)
         environment.update(env)
         start = [sys.executable] + (["-c", FILE_SIZE_CAP, str(cap)] if cap else [])
         self.process = subprocess.Popen(
-            start + [PROGRAM, "--once", "--port", "0", "--api-url", test.fake.url,
+            start + [PROGRAM, mode, "--port", "0", "--api-url", test.fake.url,
                      "--cache-seconds", "0"] + list(args),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
             universal_newlines=True, env=environment)
@@ -235,10 +236,11 @@ class OnceTest(AppTestCase):
                     stderr=subprocess.PIPE, universal_newlines=True,
                     env=dict(os.environ, NETATMO_CLIENT_ID="i", NETATMO_CLIENT_SECRET="s"))
                 self.assertEqual(process.returncode, 2)
-                self.assertIn("works with --once only", process.stderr)
+                self.assertIn("works with --once or --print-token only", process.stderr)
 
 
-class TokenFileTest(AppTestCase):
+class TokenFileCase(AppTestCase):
+    """A token file in a folder of its own, and a login saved to it."""
 
     def setUp(self):
         AppTestCase.setUp(self)
@@ -250,11 +252,21 @@ class TokenFileTest(AppTestCase):
         with open(self.path) as f:
             return json.load(f)
 
+    def expire_saved(self):
+        """Let three hours pass: the saved access token has expired, here and at Netatmo."""
+        self.fake.expire_access_tokens()
+        tokens = dict(self.saved(), expires_at=int(time.time()) - 1)
+        with open(self.path, "w") as f:
+            json.dump(tokens, f)
+
     def browser_login(self, *args):
         run = OnceRun(self, "--token-file", self.path, *args)
         url = run.wait_for_login_url()
         Browser().follow(url, approve_as="alice")
         return run.finish()
+
+
+class TokenFileTest(TokenFileCase):
 
     def test_login_writes_the_tokens_readable_by_the_owner_only(self):
         status, _, err = self.browser_login()
@@ -264,10 +276,12 @@ class TokenFileTest(AppTestCase):
         self.assertEqual(set(saved), {"access_token", "refresh_token", "expires_at", "scope"})
         self.assertIn(saved["refresh_token"], self.fake.refresh_tokens)
         self.assertGreater(saved["expires_at"], 1e9)
-        self.assertEqual(os.listdir(os.path.dirname(self.path)), ["netatmo-tokens.json"])
+        self.assertEqual(sorted(os.listdir(os.path.dirname(self.path))),
+                         ["netatmo-tokens.json", "netatmo-tokens.json.lock"])
 
     def test_second_run_refreshes_without_a_browser_and_saves_the_rotated_pair(self):
         self.browser_login()
+        self.expire_saved()
         old = self.saved()["refresh_token"]
         run = OnceRun(self, "--token-file", self.path, "--json")
         status, out, err = run.finish()
@@ -282,6 +296,7 @@ class TokenFileTest(AppTestCase):
 
     def test_rotated_pair_is_saved_before_the_device_calls_can_fail(self):
         self.browser_login()
+        self.expire_saved()
         old = self.saved()["refresh_token"]
         self.fake.fail("/api/homesdata", "500_html")
         status, _, err = OnceRun(self, "--token-file", self.path).finish()
@@ -291,6 +306,7 @@ class TokenFileTest(AppTestCase):
 
     def test_a_refreshed_pair_that_cannot_be_saved_ends_the_run(self):
         self.browser_login()
+        self.expire_saved()
         device_calls = len(self.fake.requests_to("/api/homesdata"))
         # The folder takes new files, but not their content: a full disk, a quota.
         status, out, err = OnceRun(self, "--token-file", self.path,
@@ -302,6 +318,7 @@ class TokenFileTest(AppTestCase):
 
     def test_refresh_token_used_elsewhere(self):
         self.browser_login()
+        self.expire_saved()
         with self.fake.lock:  # another program used it: Netatmo retired it
             token = self.saved()["refresh_token"]
             self.fake.refresh_tokens.pop(token)
@@ -387,11 +404,13 @@ class TokenFileTest(AppTestCase):
         self.assertEqual(status, 0, err)
         self.assertIn(self.saved()["refresh_token"], self.fake.refresh_tokens)
         self.assertEqual(sorted(os.listdir(os.path.dirname(self.path))),
-                         ["netatmo-tokens.json", "netatmo-tokens.json.tmp"])
+                         ["netatmo-tokens.json", "netatmo-tokens.json.lock",
+                          "netatmo-tokens.json.tmp"])
 
     @unittest.skipIf(sys.version_info < (3, 8), "audit hooks came with Python 3.8")
     def test_the_folder_is_synced_after_the_rename(self):
         self.browser_login()
+        self.expire_saved()
         record = self.path + ".events"
         watch = ("import json, sys, runpy, atexit; seen = []; sys.addaudithook(lambda e, a: "
                  "seen.append([e, str(a[0]), str(a[1])]) if e in ('os.rename', 'open') "
@@ -464,6 +483,8 @@ class TokenFileTest(AppTestCase):
         carols = self.saved()
         self.assertEqual(older.post(url + "/refresh").status, 303)  # the older session
         self.assertEqual(self.saved(), carols)
+        # ...refreshed its own pair: it did not take carol's from the file.
+        self.assertEqual(len(older.get(url + "/devices.json").json()["devices"]), 73)
         self.assertEqual(newer.post(url + "/refresh").status, 303)
         self.assertNotEqual(self.saved()["refresh_token"], carols["refresh_token"])
         self.assertIn(self.saved()["refresh_token"], self.fake.refresh_tokens)
