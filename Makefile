@@ -21,12 +21,12 @@ test-browser:    ## the flow in headless Chromium (Debian package chromium)
 test-mutations:  ## break each property once (tests/mutations.py): a test must fail each time
 	$(PYTHON) tests/mutations.py
 
-demo:            ## the whole flow against a fake Netatmo cloud, no account needed
+demo:            ## the whole flow against a fake Netatmo cloud, no account needed (TRACE=1: told step by step)
 	@trap 'kill $$fake 2>/dev/null' EXIT INT TERM; \
 	$(PYTHON) tests/fake_netatmo.py --port $(FAKE_PORT) --client-id demo-client \
 	  --client-secret demo-secret \
 	  --redirect-uri http://127.0.0.1:$(DEMO_PORT)/authenticate & fake=$$!; \
-	NETATMO_CLIENT_ID=demo-client NETATMO_CLIENT_SECRET=demo-secret \
+	NETATMO_CLIENT_ID=demo-client NETATMO_CLIENT_SECRET=demo-secret NETATMO_TRACE=$(TRACE) \
 	NETATMO_API_URL=http://127.0.0.1:$(FAKE_PORT) NO_PROXY=127.0.0.1 no_proxy=127.0.0.1 \
 	  $(PYTHON) netatmo_stdlib.py --port $(DEMO_PORT) || true
 

@@ -114,7 +114,7 @@ class Config(object):
                  timeout=10.0, cache_seconds=30.0, once=False, json_output=False,
                  wait=300.0, token_file=None, no_browser=False, open_browser=False,
                  certfile=None, keyfile=None, client_timeout=30.0, pkce=True,
-                 print_token=False):
+                 print_token=False, trace=False):
         self.client_id = client_id
         self.client_secret = client_secret
         self.host = host
@@ -134,6 +134,7 @@ class Config(object):
         self.client_timeout = client_timeout  # a browser's request must arrive within this
         self.pkce = pkce                  # send a PKCE challenge and verifier (RFC 7636)
         self.print_token = print_token    # terminal mode: print an access token, exit
+        self.trace = trace                # tell each step of the flow on stderr
         self.redirect_uri = redirect_uri or self.default_redirect_uri()
 
     def default_redirect_uri(self):
@@ -255,6 +256,8 @@ exit status: 0 done, 1 declined or login failed, 2 bad setting, 3 --wait ran out
     add("--keyfile", metavar="PATH", help="the private key of --certfile (PEM)")
     add("--no-pkce", action="store_true", help="leave PKCE's code_challenge out of the "
         "login, should Netatmo ever refuse it (env NETATMO_PKCE=0)")
+    add("--trace", action="store_true", help="tell each step of the OAuth2 flow on stderr as "
+        "it happens, every secret hidden (env NETATMO_TRACE=1)")
     add("--open", action="store_true", help="open the address in a web browser")
     terminal = parser.add_argument_group("terminal mode")
     terminal.add_argument("--once", action="store_true", help="wait for one login, print "
@@ -336,10 +339,11 @@ def read_config(argv, environ):
         if value and not (args.once or args.print_token):
             raise ConfigError("%s works with --once or --print-token only" % flag)
     pkce = not args.no_pkce and environ.get("NETATMO_PKCE", "1").strip() != "0"
+    trace = args.trace or environ.get("NETATMO_TRACE", "").strip() == "1"
     config = Config(client_id.strip(), client_secret, host, port, redirect_uri, scopes,
                     api_url, timeout, cache_seconds, args.once, args.json, wait,
                     args.token_file, args.no_browser, args.open, args.certfile, args.keyfile,
-                    client_timeout, pkce, args.print_token)
+                    client_timeout, pkce, args.print_token, trace)
     if config.token_file:  # before anything can refresh, and rotate the saved pair
         config.token_file.check_writable()
     return config
@@ -391,6 +395,72 @@ def check_url(url, flag, variable, example):
                           % (url, flag, variable, example))
 
 
+# ---- Watching the flow (--trace) -------------------------------------------------
+
+STEPS = {
+    "a": "receive the authorization request",
+    "b": "redirect to Netatmo",
+    "c": "receive the code",
+    "d": "exchange it for a token",
+    "e": "retrieve and output the devices",
+}
+
+
+class Trace(object):
+    """--trace: each step of the flow told on stderr as it happens, with no secret.
+
+    A block names the step, the HTTP message that carries it and what came back,
+    then says why the step, or its check, is there. State, code, verifier and
+    challenge, tokens, the client secret and cookie values show only as their
+    length, and whether they matched: a trace can be pasted anywhere.
+    """
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.lock = threading.Lock()
+
+    def step(self, letter, lines, why):
+        """Write one block at once: the step, its lines, and why."""
+        text = "(%s) %s\n%s    why: %s\n" % (letter, STEPS[letter],
+                                              "".join("    %s\n" % line for line in lines),
+                                              why)
+        with self.lock:
+            self.stream.write(text)
+            self.stream.flush()
+
+
+def hidden(value):
+    """Return what a trace shows of a secret: its length, never its value."""
+    return "%d characters" % len(value or "")
+
+
+def duration(seconds):
+    """Return a length of time for people: "3 h", "10 min", "30 s"."""
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return "%g %s" % (round(seconds / size, 1), unit)
+    return "%g s" % round(seconds, 1)
+
+
+def summary_of(path, body):
+    """Return what a device endpoint's answer holds, counted: "2 homes, 51 modules"."""
+    body = body if isinstance(body, dict) else {}
+    if path.startswith("homesdata"):
+        homes = listed(body.get("homes"))
+        return "%d homes, %d modules" % (len(homes), sum(len(listed(h.get("modules")))
+                                                         for h in homes))
+    if path.startswith("homestatus"):
+        home = body.get("home") if isinstance(body.get("home"), dict) else {}
+        silent = sorted(not_answering(body))
+        return ("the status of %d modules and %d rooms" % (
+            len(listed(home.get("modules"))), len(listed(home.get("rooms"))))
+            + ("; code 6: gateway %s does not answer" % ", ".join(silent) if silent else ""))
+    stations = listed(body.get("devices"))
+    return "%d %s, %d modules" % (len(stations), "home coaches" if "homecoach" in path
+                                  else "stations",
+                                  sum(len(listed(s.get("modules"))) for s in stations))
+
+
 # ---- Talking to Netatmo --------------------------------------------------------
 
 class NetatmoError(Exception):
@@ -425,11 +495,15 @@ Tokens = namedtuple("Tokens", "access_token refresh_token expires_at scope lifet
 class NetatmoClient(object):
     """The only code that speaks to Netatmo: authorize URL, token calls, API calls."""
 
-    def __init__(self, config):
+    max_workers = 16  # threads making calls for all requests; more only fight for the GIL
+
+    def __init__(self, config, trace=None):
         self.config = config
+        self.trace = trace  # --trace: the Trace the calls are told to, else None
         self.connections = KeptAliveConnections()
         self.opener = None  # built by the first call: start-up does not need urllib
         self.opener_lock = threading.Lock()
+        self.workers = None  # the threads that make calls at once, started by the first
 
     def build_opener(self):
         """Return the urllib opener for calls to Netatmo, importing urllib.request now.
@@ -450,8 +524,24 @@ class NetatmoClient(object):
         return opener
 
     def close(self):
-        """Close the connections kept open to Netatmo."""
+        """Close the connections kept open to Netatmo, and let the workers go."""
         self.connections.close()
+        if self.workers is not None:
+            self.workers.shutdown(wait=False)
+
+    def in_parallel(self, functions):
+        """Call the functions at once; return [(result, exception)] in their order.
+
+        The first runs in the calling thread, the others in worker threads that
+        stay from call to call: starting three threads for every page cost more
+        CPU than the page's own work with Netatmo's answers.
+        """
+        with self.opener_lock:
+            if self.workers is None:
+                from concurrent.futures import ThreadPoolExecutor
+                self.workers = ThreadPoolExecutor(self.max_workers)
+        later = [self.workers.submit(outcome, f) for f in functions[1:]]
+        return [outcome(f) for f in functions[:1]] + [future.result() for future in later]
 
     def authorize_url(self, state, code_challenge=None):
         """Return the URL of Netatmo's consent page for this login (step b)."""
@@ -493,7 +583,18 @@ class NetatmoClient(object):
 
     def token_request(self, form):
         """POST a form to /oauth2/token and return the Tokens it answers with."""
-        answer = self.call("POST", "/oauth2/token", data=urllib.parse.urlencode(form))
+        started = time.time()
+        try:
+            answer = self.call("POST", "/oauth2/token", data=urllib.parse.urlencode(form))
+            tokens = self.tokens_of(answer)
+        except NetatmoError as error:
+            self.trace_token_request(form, started, error=error)
+            raise
+        self.trace_token_request(form, started, tokens=tokens)
+        return tokens
+
+    def tokens_of(self, answer):
+        """Return the Tokens of the token endpoint's answer, or raise NetatmoError."""
         if not isinstance(answer, dict) or not token_like(answer.get("access_token")) \
                 or not token_like(answer.get("refresh_token")):
             raise NetatmoError("Netatmo's token endpoint answered without a token.",
@@ -508,14 +609,63 @@ class NetatmoClient(object):
                       None if lifetime is None else time.time() + lifetime,
                       [s for s in scope if isinstance(s, str)], lifetime)
 
-    def api_get(self, name, access_token):
-        """Return the `body` of GET /api/<name>, authorized by the access token."""
-        answer = self.call("GET", "/api/" + name,
-                           headers={"Authorization": "Bearer " + access_token})
-        if not isinstance(answer, dict) or not isinstance(answer.get("body"), (dict, list)):
-            raise NetatmoError("Netatmo's /api/%s answered without a body." % name,
-                               status=200)
+    def api_get(self, name, access_token, params=()):
+        """Return the `body` of GET /api/<name>?params, authorized by the access token."""
+        query = "?" + urllib.parse.urlencode(params) if params else ""
+        started = time.time()
+        try:
+            answer = self.call("GET", "/api/" + name + query,
+                               headers={"Authorization": "Bearer " + access_token})
+            if not isinstance(answer, dict) or not isinstance(answer.get("body"),
+                                                              (dict, list)):
+                raise NetatmoError("Netatmo's /api/%s answered without a body." % name,
+                                   status=200)
+        except NetatmoError as error:
+            self.trace_api_get(name + query, access_token, started, error=error)
+            raise
+        self.trace_api_get(name + query, access_token, started, body=answer["body"])
         return answer["body"]
+
+    def trace_token_request(self, form, started, tokens=None, error=None):
+        """--trace: step (d), a POST to the token endpoint and what came back."""
+        if self.trace is None:
+            return
+        public = ("grant_type", "client_id", "redirect_uri", "scope")
+        sent = ", ".join("%s=%s" % (k, v) if k in public else "%s: %s" % (k, hidden(v))
+                         for k, v in form)
+        lines = ["POST %s/oauth2/token" % self.config.api_url, "  " + sent]
+        if error is not None:
+            lines.append("-> %s in %.0f ms: %s" % (error.status or "no answer",
+                                                   (time.time() - started) * 1000,
+                                                   error.message))
+        else:
+            lines.append("-> 200 in %.0f ms: access token (%s) valid %s, scope %s; refresh "
+                         "token (%s)" % ((time.time() - started) * 1000,
+                                        hidden(tokens.access_token),
+                                        "for an unknown time" if tokens.lifetime is None
+                                        else duration(tokens.lifetime),
+                                        " ".join(tokens.scope) or "none",
+                                        hidden(tokens.refresh_token)))
+        refresh = dict(form).get("grant_type") == "refresh_token"
+        self.trace.step("d", lines, (
+            "Netatmo rotates the pair at each refresh: the old refresh token dies with "
+            "this answer, so refreshes go one at a time and the new pair is kept at once"
+            if refresh else "the code is worth nothing alone: only with the client "
+            "secret, and the PKCE verifier, does Netatmo trade it for tokens, server to "
+            "server, out of the browser's sight"))
+
+    def trace_api_get(self, path, access_token, started, body=None, error=None):
+        """--trace: step (e), one GET of a device endpoint and what came back."""
+        if self.trace is None:
+            return
+        took = (time.time() - started) * 1000
+        self.trace.step("e", [
+            "GET %s/api/%s" % (self.config.api_url, path),
+            "  Authorization: Bearer <access token, %s>" % hidden(access_token),
+            "-> %s in %.0f ms: %s" % (error.status or "no answer", took, error.message)
+            if error is not None else "-> 200 in %.0f ms: %s" % (took, summary_of(path, body))],
+            "the access token travels in the Authorization header, never in a URL, "
+            "where logs and browser histories would keep it")
 
     def call(self, method, path, data=None, headers=None):
         """Send one request to Netatmo and return its JSON answer, or raise NetatmoError."""
@@ -749,8 +899,29 @@ def readable(sock):
 
 # ---- Devices -------------------------------------------------------------------
 
-def device(device_id, name, type_code, home, reachable):
-    """Return one row of the device list, in the shape of /devices.json."""
+# What each device reads, by Netatmo's name in a station's dashboard_data and ours.
+# The units are Netatmo's; no value is converted.
+DASHBOARD_READINGS = (
+    ("Temperature", "temperature"), ("Humidity", "humidity"), ("CO2", "co2"),
+    ("Noise", "noise"), ("Pressure", "pressure"), ("Rain", "rain"),
+    ("sum_rain_24", "rain_24h"), ("WindStrength", "wind_strength"),
+    ("GustStrength", "gust_strength"), ("WindAngle", "wind_angle"),
+    ("GustAngle", "gust_angle"), ("health_idx", "health_index"),
+)
+# The same in /api/homestatus, whose keys are lower case already.
+HOME_READINGS = ("temperature", "humidity", "co2", "noise", "pressure", "power")
+# Types that show their room's measured temperature and setpoint as their own.
+THERMOSTATS = ("NATherm1", "NRV", "OTM", "BNS")
+BATTERY_WORDS = ("full", "high", "medium", "low", "very_low")
+# Signal numbers are "lower is stronger"; Netatmo's SDK names these thresholds.
+RADIO_SIGNAL = ((90, "low"), (80, "medium"), (70, "high"))     # below 70: full
+WIFI_SIGNAL = ((86, "low"), (71, "medium"), (56, "high"))      # below 56: full
+# battery_percent (weather modules only) into battery_state's words: our thresholds.
+BATTERY_PERCENT = ((80, "full"), (50, "high"), (25, "medium"), (10, "low"))  # else very_low
+
+
+def device(device_id, name, type_code, home, room=None):
+    """Return one row of the device list, in the shape of /devices.json, status unknown."""
     type_code = str(type_code) if type_code else ""
     return {
         "id": "".join(str(device_id).split()),  # real ids carry stray spaces
@@ -758,7 +929,14 @@ def device(device_id, name, type_code, home, reachable):
         "type": type_code,
         "product": PRODUCTS.get(type_code, type_code or "unknown"),
         "home": str(home) if home else None,
-        "reachable": reachable if isinstance(reachable, bool) else None,
+        "room": str(room) if room else None,
+        "reachable": None,
+        "last_seen": None,
+        "battery": None,
+        "battery_percent": None,
+        "signal": None,
+        "firmware": None,
+        "readings": {},
     }
 
 
@@ -767,15 +945,173 @@ def listed(value):
     return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
-def devices_of_homes(body):
-    """Return the devices of a /api/homesdata body: the modules of every home."""
+def finite(value):
+    """Return value if it is a finite number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if -1e15 < value < 1e15 else None  # NaN fails the test too
+
+
+def moment(*values):
+    """Return the first value that is a unix time (0 means never), as an int, or None."""
+    for value in values:
+        value = finite(value)
+        if value is not None and value > 0:
+            return int(value)
+    return None
+
+
+def level(value, thresholds, best):
+    """Return the word for a "lower is stronger" number, or None if there is none."""
+    value = finite(value)
+    if value is None or value <= 0:  # 0: not measured
+        return None
+    return next((word for limit, word in thresholds if value >= limit), best)
+
+
+def battery_of_percent(percent):
+    """Return battery_state's word for a battery_percent, or None."""
+    if percent is None:
+        return None
+    return next((word for limit, word in BATTERY_PERCENT if percent >= limit), "very_low")
+
+
+def readings_of(values, names):
+    """Return {our name: value} for each (Netatmo's name, ours) that values holds."""
+    values = values if isinstance(values, dict) else {}
+    return {ours: values[theirs] for theirs, ours in names
+            if finite(values.get(theirs)) is not None}
+
+
+def status_of_station(station):
+    """Return the status fields of a weather station or home coach (mains powered)."""
+    dashboard = station.get("dashboard_data")
+    return {
+        "reachable": station.get("reachable") if isinstance(station.get("reachable"), bool)
+        else None,
+        "last_seen": moment(station.get("last_status_store"),
+                            (dashboard or {}).get("time_utc") if isinstance(dashboard, dict)
+                            else None),
+        "signal": level(station.get("wifi_status"), WIFI_SIGNAL, "full"),
+        "firmware": firmware_of(station.get("firmware")),
+        "readings": readings_of(dashboard, DASHBOARD_READINGS),
+    }
+
+
+def status_of_weather_module(module):
+    """Return the status fields of a station's module: it has a battery and a radio."""
+    percent = finite(module.get("battery_percent"))
+    percent = int(percent) if percent is not None and 0 <= percent <= 100 else None
+    status = status_of_station(module)
+    status.update(last_seen=moment(module.get("last_seen"), module.get("last_message")),
+                  battery_percent=percent, battery=battery_of_percent(percent),
+                  signal=level(module.get("rf_status"), RADIO_SIGNAL, "full"))
+    return status
+
+
+def status_of_home_module(module, room, type_code):
+    """Return the status fields of a module in /api/homestatus, with its room's.
+
+    A device with both a Wi-Fi and a radio link reports its Wi-Fi link. A
+    thermostat or a valve reads its room: the measured temperature and setpoint.
+    """
+    readings = {name: module[name] for name in HOME_READINGS
+                if finite(module.get(name)) is not None}
+    if type_code in THERMOSTATS and room:
+        readings.update(readings_of(room, (("therm_measured_temperature", "temperature"),
+                                           ("therm_setpoint_temperature", "setpoint"),
+                                           ("humidity", "humidity"))))
+    battery = module.get("battery_state")
+    return {
+        "reachable": module.get("reachable") if isinstance(module.get("reachable"), bool)
+        else None,
+        "last_seen": moment(module.get("last_seen"), module.get("last_message")),
+        "battery": battery if battery in BATTERY_WORDS else None,
+        "signal": level(module.get("wifi_strength"), WIFI_SIGNAL, "full")
+        or level(module.get("rf_strength"), RADIO_SIGNAL, "full"),
+        "firmware": firmware_of(module.get("firmware_revision")),
+        "readings": readings,
+    }
+
+
+def firmware_of(value):
+    """Return a firmware version as text, or None."""
+    if isinstance(value, str) and value:
+        return value[:40]
+    value = finite(value)
+    return None if value is None else str(int(value))
+
+
+def not_answering(status):
+    """Return the ids Netatmo names as not answering (code 6) in a homestatus body."""
+    return {str(e.get("id")) for e in listed(status.get("errors")) if e.get("code") == 6}
+
+
+def devices_of_homes(body, statuses):
+    """Return the devices of a /api/homesdata body, with their status where known.
+
+    statuses holds the /api/homestatus body of each home that answered. A module
+    that Netatmo names in the body's errors (code 6: the home's gateway does not
+    answer) is offline, and so is every module it bridges: the cloud cannot reach
+    them. Their other status fields stay unknown.
+    """
     rows = []
     for home in listed(body.get("homes")):
-        for module in listed(home.get("modules")):
-            if module.get("id"):
-                rows.append(device(module["id"], module.get("name"), module.get("type"),
-                                   home.get("name"), module.get("reachable")))
+        modules = [m for m in listed(home.get("modules")) if m.get("id")]
+        rooms = {str(r.get("id")): r for r in listed(home.get("rooms"))}
+        status = statuses.get(str(home.get("id")))
+        status = status if isinstance(status, dict) else {}
+        live = listed((status.get("home") or {}).get("modules")) \
+            if isinstance(status.get("home"), dict) else []
+        live = {str(m.get("id")): m for m in live}
+        live_rooms = {str(r.get("id")): r for r in listed((status.get("home") or {})
+                                                          .get("rooms"))} \
+            if isinstance(status.get("home"), dict) else {}
+        offline = bridged_by(modules, not_answering(status))
+        home_rows = []
+        for module in modules:
+            room_id = str(module.get("room_id"))
+            row = device(module["id"], module.get("name"), module.get("type"),
+                         home.get("name"), rooms.get(room_id, {}).get("name"))
+            if str(module["id"]) in offline:
+                row["reachable"] = False
+                home_rows.append((module, row))
+                continue
+            if str(module["id"]) in live:
+                row.update(status_of_home_module(live[str(module["id"])],
+                                                 live_rooms.get(room_id), row["type"]))
+            if row["reachable"] is None and isinstance(module.get("reachable"), bool):
+                row["reachable"] = module["reachable"]  # some homesdata modules say it
+            home_rows.append((module, row))
+        rows += [row for _, row in home_rows]
+        reachable_bridges(home_rows, live)
     return rows
+
+
+def bridged_by(modules, gateways):
+    """Return the ids of gateways and of every module that any of them bridges."""
+    ids = set(gateways)
+    for module in modules:
+        if str(module.get("bridge")) in gateways:
+            ids.add(str(module["id"]))
+        if str(module.get("id")) in gateways and isinstance(module.get("modules_bridged"),
+                                                            list):
+            ids.update(str(m) for m in module["modules_bridged"])
+    return ids
+
+
+def reachable_bridges(home_rows, live):
+    """Mark reachable a gateway whose status lacks it while a module it bridges is.
+
+    homestatus often leaves `reachable` out of a gateway's status; the cloud
+    reaching a module through it says the gateway answers.
+    """
+    reachable = {row["id"] for _, row in home_rows if row["reachable"] is True}
+    for module, row in home_rows:
+        bridged = module.get("modules_bridged")
+        if row["reachable"] is None and row["id"] in live and isinstance(bridged, list) \
+                and reachable & {"".join(str(m).split()) for m in bridged}:
+            row["reachable"] = True
 
 
 def devices_of_stations(body, home_names):
@@ -784,18 +1120,32 @@ def devices_of_stations(body, home_names):
     for station in listed(body.get("devices")):
         home = station.get("home_name") or home_names.get(str(station.get("home_id")))
         if station.get("_id"):
-            rows.append(device(station["_id"],
-                               station.get("station_name") or station.get("module_name"),
-                               station.get("type"), home, station.get("reachable")))
+            row = device(station["_id"],
+                         station.get("station_name") or station.get("module_name"),
+                         station.get("type"), home)
+            row.update(status_of_station(station))
+            rows.append(row)
         for module in listed(station.get("modules")):
             if module.get("_id"):
-                rows.append(device(module["_id"], module.get("module_name"),
-                                   module.get("type"), home, module.get("reachable")))
+                row = device(module["_id"], module.get("module_name"), module.get("type"),
+                             home)
+                row.update(status_of_weather_module(module))
+                rows.append(row)
     return rows
 
 
+STATUS_FIELDS = ("reachable", "last_seen", "battery", "battery_percent", "signal",
+                 "firmware", "readings")
+
+
 def merge_devices(rows):
-    """Return one row per device id: the first seen, its gaps filled by later ones."""
+    """Return one row per device id: the first seen, its gaps filled by later ones.
+
+    The status fields go together: they come whole from the source that heard from
+    the device last (by last_seen; one that does not say when comes after one that
+    does), so that a row never mixes two moments: a battery "full" now and 27 % a
+    year ago, or "offline" beside fresh readings.
+    """
     merged = OrderedDict()
     for row in rows:
         seen = merged.get(row["id"])
@@ -803,19 +1153,70 @@ def merge_devices(rows):
             merged[row["id"]] = row
             continue
         for key, value in row.items():
-            if seen[key] is None or seen[key] == "":
+            if key not in STATUS_FIELDS and (seen[key] is None or seen[key] == ""):
                 seen[key] = value
+        if fresher(row, seen):
+            seen.update((key, row[key]) for key in STATUS_FIELDS)
     return list(merged.values())
 
 
-def devices_of(bodies):
-    """Return the merged device list of the bodies of the three device endpoints."""
+def fresher(row, than):
+    """Return True if row's status is to be shown rather than that of `than`."""
+    if not any(than[key] not in (None, {}) for key in STATUS_FIELDS):
+        return True
+    return row["last_seen"] is not None and (than["last_seen"] is None
+                                             or row["last_seen"] > than["last_seen"])
+
+
+def devices_of(bodies, statuses=None):
+    """Return the merged device list of the device endpoints' bodies and home statuses.
+
+    A device in several lists is one row: homesdata first (its status from
+    /api/homestatus), then the stations and coaches, each filling what the first
+    did not know.
+    """
     homes = bodies.get("homesdata") or {}
     home_names = {str(h.get("id")): h.get("name") for h in listed(homes.get("homes"))}
-    rows = devices_of_homes(homes)
+    rows = devices_of_homes(homes, statuses or {})
     for name in ("getstationsdata", "gethomecoachsdata"):
         rows += devices_of_stations(bodies.get(name) or {}, home_names)
     return merge_devices(rows)
+
+
+def homes_with_modules(homes_body):
+    """Return [(home id, name)] of the homes of a homesdata body that have modules."""
+    return [(str(h["id"]), h.get("name")) for h in listed((homes_body or {}).get("homes"))
+            if h.get("id") and listed(h.get("modules"))]
+
+
+def status_problems(homes_body, statuses):
+    """Return what keeps the status of some homes' devices unknown, home by home.
+
+    Each is {"home_id", "home", "reason", "message"}: reason "not_answering" (a
+    gateway does not answer: its devices are offline) or "failed" (the homestatus
+    call failed: the home's devices are listed, their status unknown).
+    """
+    problems = []
+    names = {str(h.get("id")): h for h in listed((homes_body or {}).get("homes"))}
+    for home_id, status in statuses.items():
+        home = names.get(home_id, {})
+        name = str(home.get("name") or home_id)
+        if isinstance(status, NetatmoError):
+            problems.append({"home_id": home_id, "home": name, "reason": "failed",
+                             "message": "The status of home %s is unknown: %s"
+                                        % (name, status.message)})
+            continue
+        gateways = not_answering(status)
+        if gateways:
+            modules = [m for m in listed(home.get("modules")) if m.get("id")]
+            labels = ", ".join(sorted(str(m.get("name") or m["id"]) for m in modules
+                                      if str(m["id"]) in gateways) or gateways)
+            problems.append({"home_id": home_id, "home": name, "reason": "not_answering",
+                             "message": "Home %s does not answer: its gateway %s is offline, "
+                                        "and so is every device it bridges (%d in all)."
+                                        % (name, labels,
+                                           len(bridged_by(modules, gateways)))})
+    return problems
 
 
 # ---- Sessions ------------------------------------------------------------------
@@ -849,17 +1250,21 @@ class Logins(object):
         signed = "%s.%d" % (nonce, self.clock())
         return signed + "." + self.mac("cookie", signed), nonce
 
-    def nonce_of(self, cookie):
-        """Return the nonce of a login cookie signed here less than ttl ago, else None."""
-        parts = (cookie or "").split(".")
-        if len(parts) != 3 or not parts[1].isdigit():
-            return None
+    def check(self, cookie):
+        """Return (nonce, None) for a login cookie signed here less than ttl ago,
+        else (None, what is wrong with it)."""
+        if not cookie:
+            return None, "missing"
+        parts = cookie.split(".")
+        if len(parts) != 3 or not digits(parts[1]):
+            return None, "not one of ours (malformed)"
         signed = parts[0] + "." + parts[1]
         if not hmac.compare_digest(parts[2].encode(), self.mac("cookie", signed).encode()):
-            return None  # tampered with, or signed before a restart (another key)
-        if not 0 <= self.clock() - int(parts[1]) <= self.ttl:
-            return None
-        return parts[0]
+            return None, "its signature does not match (tampered, or signed before a restart)"
+        age = self.clock() - int(parts[1])
+        if not 0 <= age <= self.ttl:
+            return None, "older than 10 minutes"
+        return parts[0], None
 
     def state(self, nonce):
         """Return the login's `state`: 43 characters derived from the nonce."""
@@ -888,6 +1293,11 @@ class Logins(object):
             return True
 
 
+def digits(text):
+    """Return True if text is one or more ASCII digits (str.isdigit also takes "\u00b2")."""
+    return bool(text) and not text.strip("0123456789")
+
+
 def code_challenge(code_verifier):
     """Return the S256 PKCE challenge: BASE64URL(SHA256(code_verifier)), unpadded."""
     digest = hashlib.sha256(code_verifier.encode("ascii")).digest()
@@ -907,13 +1317,13 @@ class NotSaved(Exception):
         self.tokens = tokens
 
 
-DeviceList = namedtuple("DeviceList", "devices not_granted fetched_at")
+DeviceList = namedtuple("DeviceList", "devices not_granted status_problems fetched_at")
 
 
 class Session(object):
     """A logged-in browser: its tokens, its cached device list, and their locks."""
     __slots__ = ("tokens", "last_seen", "lock", "device_list", "fetch_lock", "token_file",
-                 "must_save")
+                 "must_save", "home_ids")
 
     # Refresh this many seconds before the access token runs out.
     refresh_margin = 60
@@ -926,6 +1336,7 @@ class Session(object):
         self.fetch_lock = threading.Lock()  # one fetch at a time
         self.token_file = None   # --token-file, when this session's pair is the file's
         self.must_save = False   # a pair that cannot be saved fails the refresh (--once)
+        self.home_ids = []       # the homes with modules that homesdata named last
 
     def devices(self, fetch, max_age):
         """Return the cached DeviceList if younger than max_age seconds, else fetch().
@@ -989,7 +1400,7 @@ class Session(object):
             log.error("--token-file was not updated: %s", e)
             return e.tokens if isinstance(e, NotSaved) else renewed(client, tokens)
 
-    def api_get(self, client, name):
+    def api_get(self, client, name, params=()):
         """Return the body of /api/<name>; on code 2 or 3, refresh once and retry.
 
         Netatmo kills the old access token at each refresh, so under load a call can
@@ -1003,13 +1414,19 @@ class Session(object):
         refreshed = False
         for attempts_left in reversed(range(5)):
             try:
-                return client.api_get(name, access_token)
+                return client.api_get(name, access_token, params)
             except NetatmoError as error:
                 if error.code not in (2, 3) or attempts_left == 0:  # 2 invalid, 3 expired
                     raise
                 tokens = self.tokens
                 if tokens.access_token != access_token:
                     access_token = tokens.access_token  # rotated meanwhile: retry
+                    if client.trace is not None:
+                        client.trace.step("e", [
+                            "refused with code %s: another request of this session "
+                            "rotated the tokens meanwhile" % error.code,
+                            "-> sent again with the new access token, without a refresh"],
+                            "Netatmo kills the old access token at each refresh")
                 elif refreshed and not outlived(tokens):
                     raise
                 else:
@@ -1089,14 +1506,23 @@ def fetch_device_list(session, client, requested_scopes):
     Each endpoint the granted scopes allow is called in its own thread, so the page
     waits for the slowest call, not for the sum of them. An endpoint that answers
     403 code 13 is a product line not granted, not a failure.
+
+    With read_thermostat, each home that has modules gets one more call, to
+    /api/homestatus, for its devices' status. Home ids come from homesdata, so the
+    first fetch of a session asks for the statuses once homesdata has answered;
+    the session remembers them, and every later fetch sends all its calls at once.
+    Status adds to the list and never takes it away: a homestatus call that fails
+    leaves that home's devices listed, their status unknown, and says why.
     """
     granted = set(session.tokens.scope)
     calls = [(name, scope, line) for name, scope, line in DEVICE_ENDPOINTS
              if scope in granted]
     not_granted = [(scope, line) for name, scope, line in DEVICE_ENDPOINTS
                    if scope in requested_scopes.split() and scope not in granted]
-    results = in_parallel([lambda name=name: session.api_get(client, name)
-                           for name, _, _ in calls])
+    known = list(session.home_ids)  # none until homesdata, with read_thermostat, answers
+    results = client.in_parallel([lambda name=name: session.api_get(client, name)
+                           for name, _, _ in calls] +
+                          [home_status(session, client, home_id) for home_id in known])
     for _, error in results:
         if isinstance(error, LoginExpired):
             raise error
@@ -1108,27 +1534,35 @@ def fetch_device_list(session, client, requested_scopes):
             raise error
         else:
             bodies[name] = body if isinstance(body, dict) else {}
-    return DeviceList(devices_of(bodies), not_granted, time.time())
+    homes = [home_id for home_id, _ in homes_with_modules(bodies.get("homesdata"))]
+    statuses = dict(zip(known, results[len(calls):]))
+    later = [home_id for home_id in homes if home_id not in statuses]
+    statuses.update(zip(later, client.in_parallel([home_status(session, client, home_id)
+                                                   for home_id in later])))
+    session.home_ids = homes
+    statuses = {home_id: body if error is None else error
+                for home_id, (body, error) in statuses.items() if home_id in homes}
+    for status in statuses.values():
+        if isinstance(status, LoginExpired):
+            raise status
+        if isinstance(status, Exception) and not isinstance(status, NetatmoError):
+            raise status  # a bug of ours, not Netatmo's
+    return DeviceList(devices_of(bodies, statuses),
+                      not_granted, status_problems(bodies.get("homesdata"), statuses),
+                      time.time())
 
 
-def in_parallel(functions):
-    """Call each function in its own thread; return [(result, exception)] in order."""
-    results = [(None, None)] * len(functions)
+def home_status(session, client, home_id):
+    """Return a function that gets the /api/homestatus body of one home."""
+    return lambda: session.api_get(client, "homestatus", (("home_id", home_id),))
 
-    def run(i, function):
-        try:
-            results[i] = (function(), None)
-        except Exception as error:  # handed back to the caller, who decides
-            results[i] = (None, error)
 
-    threads = [threading.Thread(target=run, args=(i, f)) for i, f in enumerate(functions)]
-    for thread in threads[1:]:
-        thread.start()
-    if functions:
-        run(0, functions[0])
-    for thread in threads[1:]:
-        thread.join()
-    return results
+def outcome(function):
+    """Call function; return (its result, None), or (None, the exception it raised)."""
+    try:
+        return function(), None
+    except Exception as error:  # handed back to the caller, who decides
+        return None, error
 
 
 # ---- Keeping tokens in a file (--token-file) ------------------------------------
@@ -1236,6 +1670,12 @@ class TokenFile(object):
             if saved is not None and saved.refresh_token != tokens.refresh_token:
                 if saved.expires_at is None or saved.expires_at - time.time() > margin:
                     log.info("took the pair another program refreshed, from --token-file")
+                    if client.trace is not None:
+                        client.trace.step("d", [
+                            "%s holds a newer pair than this program's: another program "
+                            "refreshed it; used as it is, no call" % self.path],
+                            "a refresh token works once: refreshing ours again would be "
+                            "refused, and log every program sharing the file out")
                     return saved
                 tokens = saved
             new = renewed(client, tokens)
@@ -1352,16 +1792,18 @@ def sync_folder(folder):
 # ---- Pages ---------------------------------------------------------------------
 
 STYLE = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:60rem;
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:80rem;
 margin:1rem auto;padding:0 1rem;line-height:1.5;color:#222}
 table{border-collapse:collapse;width:100%;font-size:.95rem}
 th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #ddd;vertical-align:top}
-td.id{font-family:monospace;word-break:break-all}
+td.id{font-family:monospace;white-space:nowrap}
 .scroll{overflow-x:auto}
 .button,button{display:inline-block;padding:.4rem .9rem;border:1px solid #06c;
 border-radius:.3rem;background:#06c;color:#fff;text-decoration:none;font-size:1rem;cursor:pointer}
 form{display:inline-block;margin:.5rem .5rem .5rem 0}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.4rem .8rem}
+.offline,.warn{color:#a00;font-weight:bold}.unknown{color:#777}
+small{color:#555;white-space:nowrap}
 @media (max-width:40rem){.wide{display:none}}
 """
 
@@ -1412,22 +1854,27 @@ def home_page(session):
 
 
 def devices_page(found):
-    """Return a DeviceList as an HTML table (step e)."""
+    """Return a DeviceList as an HTML page (step e): a summary, then a table.
+
+    Offline devices and low batteries are said with a word, not by colour alone.
+    On a phone, the name, status and readings stay; the other columns are hidden.
+    """
     devices = found.devices
+    now = time.time()
     notes = "".join('<p class="note">Not granted: %s. Log in again and allow them at '
                     'Netatmo, or add the scope to --scopes.</p>\n' % escape(line)
                     for _, line in found.not_granted)
-    rows = "".join(
-        "<tr><td>%s</td><td>%s</td><td class=\"wide\">%s</td><td class=\"id wide\">%s</td>"
-        "<td>%s</td><td>%s</td></tr>\n" % (
-            escape(d["name"] or "(unnamed)"), escape(d["product"]), escape(d["type"]),
-            escape(d["id"]), escape(d["home"] or ""),
-            {True: "yes", False: "no", None: ""}[d["reachable"]])
-        for d in devices)
+    notes += "".join('<p class="note">%s</p>\n' % escape(problem["message"])
+                     for problem in found.status_problems)
+    notes += summary(devices)
+    rows = "".join(device_row(d, now) for d in devices)
     count = "%d device%s" % (len(devices), "" if len(devices) == 1 else "s")
-    table = ("<div class=\"scroll\"><table><thead><tr><th>Name</th><th>Product</th>"
-             "<th class=\"wide\">Type</th><th class=\"wide\">Id</th><th>Home</th>"
-             "<th>Reachable</th></tr></thead>\n<tbody>\n%s</tbody></table></div>"
+    table = ("<div class=\"scroll\"><table><thead><tr><th>Name</th><th>Status</th>"
+             "<th>Readings</th><th class=\"wide\">Product</th><th class=\"wide\">Last seen</th>"
+             "<th class=\"wide\">Battery</th><th class=\"wide\">Signal</th>"
+             "<th class=\"wide\">Room</th><th class=\"wide\">Home</th>"
+             "<th class=\"wide\">Type</th><th class=\"wide\">Id</th></tr></thead>\n"
+             "<tbody>\n%s</tbody></table></div>"
              % rows) if devices else "<p>Netatmo lists no devices for this account.</p>"
     return page("Your Netatmo devices", (
         "%s<p>%s, fetched from Netatmo at %s.</p>\n<div>%s</div>\n%s\n"
@@ -1436,10 +1883,95 @@ def devices_page(found):
            table, button("/refresh", "Renew the token now"), button("/logout", "Log out"))))
 
 
+def device_row(d, now):
+    """Return one device as a row of the table; every value escaped."""
+    seen = ""
+    if d["last_seen"] is not None:
+        seen = "%s<br><small>%s</small>" % (escape(ago(d["last_seen"], now)),
+                                             escape(when(d["last_seen"])))
+    return ("<tr><td>%s</td><td class=\"%s\">%s</td><td>%s</td><td class=\"wide\">%s</td>"
+            "<td class=\"wide\">%s</td><td class=\"wide%s\">%s</td><td class=\"wide\">%s</td>"
+            "<td class=\"wide\">%s</td><td class=\"wide\">%s</td><td class=\"wide\">%s</td>"
+            "<td class=\"id wide\">%s</td></tr>\n" % (
+                escape(d["name"] or "(unnamed)"), status_word(d), status_word(d),
+                escape(readings_text(d["readings"], "\u00a0")), escape(d["product"]), seen,
+                " warn" if d["battery"] in ("low", "very_low") else "",
+                escape(battery_text(d)), escape(d["signal"] or ""), escape(d["room"] or ""),
+                escape(d["home"] or ""), escape(d["type"]), escape(d["id"])))
+
+
+def summary(devices):
+    """Return the notes above the table: which devices are offline, which batteries low."""
+    offline = [d for d in devices if d["reachable"] is False]
+    weak = [d for d in devices if d["battery"] in ("low", "very_low")]
+    notes = ""
+    if offline:
+        notes += '<p class="note"><strong>%d offline</strong>: %s.</p>\n' % (
+            len(offline), escape(names_of(offline, lambda d: "")))
+    if weak:
+        notes += ('<p class="note"><strong>%d batter%s low or very low</strong>: %s.</p>\n'
+                  % (len(weak), "y" if len(weak) == 1 else "ies",
+                     escape(names_of(weak, lambda d: " (%s)" % battery_text(d, "%s, %d %%")))))
+    return notes
+
+
+def names_of(devices, detail, most=10):
+    """Return the devices' names, each with its detail, the first `most` of them."""
+    named = ["%s%s" % (d["name"] or "unnamed %s" % d["id"], detail(d)) for d in devices]
+    more = len(named) - most
+    return ", ".join(named[:most]) + (" and %d more" % more if more > 0 else "")
+
+
+def status_word(device_row):
+    """Return online, offline or unknown: a device's reachability in a word."""
+    return {True: "online", False: "offline", None: "unknown"}[device_row["reachable"]]
+
+
+# How readings show on the page and in the terminal, in this order: (name, format).
+READING_FORMATS = (
+    ("temperature", "%s \u00b0C"), ("setpoint", "set to %s \u00b0C"), ("humidity", "%s %%"),
+    ("co2", "%s ppm"), ("noise", "%s dB"), ("pressure", "%s mbar"), ("rain", "rain %s mm"),
+    ("rain_24h", "%s mm in 24 h"), ("wind_strength", "wind %s km/h"),
+    ("wind_angle", "from %s\u00b0"), ("gust_strength", "gusts %s km/h"),
+    ("gust_angle", "from %s\u00b0"), ("health_index", "air quality %s of 4"),
+    ("power", "%s W"),
+)
+
+
+def readings_text(readings, space=" "):
+    """Return readings for people: "21.4 \u00b0C \u00b7 48 % \u00b7 612 ppm".
+
+    The page binds each value to its unit with a no-break space (space="\u00a0").
+    """
+    return " \u00b7 ".join((text % ("%g" % readings[name] if isinstance(readings[name], float)
+                                    else readings[name])).replace(" ", space)
+                           for name, text in READING_FORMATS if name in readings)
+
+
+def ago(timestamp, now):
+    """Return how long ago a unix time was, for people: "4 min ago", "3 days ago"."""
+    seconds = max(0, now - timestamp)
+    if seconds < 60:
+        return "just now"
+    if seconds < 3600:
+        return "%d min ago" % (seconds // 60)
+    if seconds < 48 * 3600:
+        return "%d h ago" % (seconds // 3600)
+    return "%d days ago" % (seconds // 86400)
+
+
+def battery_text(device_row, form="%s (%d %%)"):
+    """Return a battery's state in words, with its percentage when Netatmo gives one."""
+    word = (device_row["battery"] or "").replace("_", " ")
+    percent = device_row["battery_percent"]
+    return word if percent is None else form % (word, percent)
+
+
 def device_list_json(found):
     """Return a DeviceList as the document /devices.json and --json answer with."""
     return {"devices": found.devices,
             "not_granted": [scope for scope, _ in found.not_granted],
+            "homes_without_status": found.status_problems,
             "fetched_at": int(found.fetched_at)}
 
 
@@ -1689,8 +2221,29 @@ class Handler(BaseHTTPRequestHandler):
                         logins.ttl)
         # (b) Redirect the browser to Netatmo's consent page.
         verifier = logins.code_verifier(nonce) if config.pkce else None
-        self.redirect(302, self.server.netatmo.authorize_url(
-            logins.state(nonce), verifier and code_challenge(verifier)))
+        challenge = verifier and code_challenge(verifier)
+        self.redirect(302, self.server.netatmo.authorize_url(logins.state(nonce), challenge))
+        if self.server.trace is not None:
+            self.trace_login(cookie, logins.state(nonce), challenge)
+
+    def trace_login(self, cookie, state, challenge):
+        """--trace: steps (a) and (b), as GET /login answered them."""
+        config, trace = self.server.config, self.server.trace
+        trace.step("a", [
+            "GET /login from %s" % self.client_address[0],
+            "-> Set-Cookie: %s=<a random nonce and its time, signed with HMAC-SHA256: %s>; "
+            "Path=/authenticate; Max-Age=600" % (config.login_cookie_name, hidden(cookie))],
+            "the login's state and PKCE verifier are derived from the nonce under a key "
+            "only this run knows: the server keeps nothing for a login in progress")
+        trace.step("b", [
+            "-> 302 Location: %s/oauth2/authorize" % config.api_url,
+            "  client_id=%s redirect_uri=%s scope=%s response_type=code"
+            % (config.client_id, config.redirect_uri, config.scopes),
+            "  state: %s%s" % (hidden(state), "" if challenge is None else
+                               "; code_challenge: %s (code_challenge_method=S256)"
+                               % hidden(challenge))],
+            "the person logs in and approves at Netatmo, never here; the state comes back "
+            "with the answer and proves it is this browser's")
 
     def authenticate(self):
         """GET /authenticate: (c) receive the code, (d) exchange it for tokens."""
@@ -1699,17 +2252,22 @@ class Handler(BaseHTTPRequestHandler):
         # the login cookie must be signed here, younger than 10 minutes, and the
         # state derived from its nonce. This is what stops a forged callback.
         logins = self.server.logins
-        nonce = logins.nonce_of(self.single_cookie(self.server.config.login_cookie_name))
+        nonce, problem = logins.check(self.single_cookie(self.server.config.login_cookie_name))
         state = one(params, "state")
         matches = nonce is not None and state is not None and hmac.compare_digest(
             state.encode(), logins.state(nonce).encode())
-        error = one(params, "error")
+        error, code = one(params, "error"), one(params, "code")
         if error is not None and nonce is not None and (state is None or matches):
             # Netatmo's "no" (Netatmo may send it without the state): this person's.
+            self.trace_callback(code, state, problem, matches, "Netatmo's answer: error=%s"
+                                % (error if error.replace("_", "").isalnum() else "?"))
             self.expire_cookie(self.server.config.login_cookie_name, "/authenticate")
             raise self.authorize_error(error, one(params, "error_description"))
-        code = one(params, "code")
-        if error is not None or not code or not matches or not logins.use(nonce):
+        first_use = error is None and code and matches and logins.use(nonce)
+        self.trace_callback(code, state, problem, matches, "accepted: on to step (d)"
+                            if first_use else "refused: 400, and nothing sent to Netatmo",
+                            used=matches and not first_use and error is None and code)
+        if not first_use:
             raise login_again(400, "This login link is not valid",
                               "It was already used, it expired (a login must be finished "
                               "within 10 minutes), or it was started in another browser "
@@ -1730,6 +2288,14 @@ class Handler(BaseHTTPRequestHandler):
         sid, session = self.server.sessions.create(tokens)
         self.server.keep_tokens(session)
         self.set_cookie(self.server.config.cookie_name, sid)
+        if self.server.trace is not None:
+            self.server.trace.step("d", [
+                "-> Set-Cookie: %s=<a new random session id: %s>; HttpOnly; SameSite=Lax"
+                % (self.server.config.cookie_name, hidden(sid)),
+                "-> Set-Cookie: %s=; Max-Age=0 (this login is over)"
+                % self.server.config.login_cookie_name],
+                "the tokens stay in this server's memory: the browser holds only an id "
+                "that means nothing to anyone else, and a new one at each login")
         self.expire_cookie(self.server.config.login_cookie_name, "/authenticate")
         if self.server.outcome is not None and self.server.config.print_token:
             self.send_html(200, page("Done", "<p>The terminal has your access token. You "
@@ -1744,6 +2310,23 @@ class Handler(BaseHTTPRequestHandler):
             self.server.outcome.finish(0, device_list=found)
             return
         self.redirect(303, "/devices")
+
+    def trace_callback(self, code, state, problem, matches, outcome, used=False):
+        """--trace: step (c), the callback and each of its checks."""
+        if self.server.trace is None:
+            return
+        self.server.trace.step("c", [
+            "GET /authenticate from %s: code %s, state %s"
+            % (self.client_address[0], "absent" if code is None else hidden(code),
+               "absent" if state is None else hidden(state)),
+            "login cookie: %s" % ("signed by this run, younger than 10 minutes"
+                                  if problem is None else problem),
+            "state: %s" % ("matches the login cookie" + (", but was used already"
+                                                         if used else "")
+                           if matches else "does not match the login cookie"),
+            "-> " + outcome],
+            "the state must match the signed login cookie, once: this is what stops a "
+            "forged or replayed callback")
 
     def authorize_error(self, error, description=None):
         """Return the PageError for an error Netatmo sent back instead of a code."""
@@ -1791,12 +2374,27 @@ class Handler(BaseHTTPRequestHandler):
     def device_list(self, sid, session):
         """Return the session's DeviceList: cached, or fetched from Netatmo."""
         config = self.server.config
+        asked = time.time()
         try:
-            return session.devices(
+            found = session.devices(
                 lambda: fetch_device_list(session, self.server.netatmo, config.scopes),
                 config.cache_seconds)
         except LoginExpired:
             raise self.login_expired(sid)
+        if self.server.trace is not None:
+            self.server.trace.step("e", [
+                ("from this session's cache, fetched %s ago: no call to Netatmo"
+                 % duration(asked - found.fetched_at)) if found.fetched_at < asked
+                else "merged into one row per device",
+                "-> %d devices (%d offline), %s" % (
+                    len(found.devices), sum(d["reachable"] is False for d in found.devices),
+                    "to the terminal" if self.server.outcome is not None
+                    else "as " + self.path.split("?", 1)[0])],
+                "Netatmo allows 50 calls per 10 seconds per user: a list is shown again "
+                "for --cache-seconds without asking" if found.fetched_at < asked else
+                "a device that several answers list is one row, its status from the "
+                "answer that heard from it last")
+        return found
 
     def login_expired(self, sid):
         """Forget a session whose refresh token Netatmo refused; return its PageError."""
@@ -1896,8 +2494,7 @@ class Handler(BaseHTTPRequestHandler):
         if not lengths:
             return
         length = lengths[0].strip()
-        # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
-        if len(lengths) > 1 or not length or length.strip("0123456789"):
+        if len(lengths) > 1 or not digits(length):
             self.close_connection = True
             raise PageError(400, "Bad request", "Send one Content-Length, a number.")
         if int(length) > self.max_body:
@@ -2020,7 +2617,9 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
     def __init__(self, config):
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         self.address_family = family
-        self.netatmo = NetatmoClient(config)  # before binding: server_close() closes it
+        self.trace = Trace(sys.stderr) if config.trace else None
+        self.netatmo = NetatmoClient(config, self.trace)  # before binding: server_close()
+        # closes it
         HTTPServer.__init__(self, (config.host, config.port), Handler)
         if config.port == 0:  # a free port was picked: the default redirect URI names it
             default = config.redirect_uri == config.default_redirect_uri()
@@ -2283,6 +2882,17 @@ def from_saved_login(config, server, saved):
     """
     session = Session(saved, time.time())
     session.token_file, session.must_save = config.token_file, True
+    if server.trace is not None:
+        left = None if saved.expires_at is None else saved.expires_at - time.time()
+        server.trace.step("d", [
+            "%s holds a saved login: access token (%s) %s" % (
+                config.token_file.path, hidden(saved.access_token),
+                "valid for an unknown time" if left is None else "valid for %s more"
+                % duration(left) if left > 0 else "expired"),
+            "-> %s" % ("used as it is" if left is None or left > Session.refresh_margin
+                       else "refreshed first, under the file's lock")],
+            "a token good for longer than a minute is used as it is: no refresh, so the "
+            "file, and the programs that share it, are left alone")
     try:
         session.access_token(server.netatmo)  # refreshes now only if it must
         found = None if config.print_token else fetch_device_list(session, server.netatmo,
@@ -2321,14 +2931,21 @@ def print_devices(found, as_json):
     if as_json:
         text = json.dumps(device_list_json(found), indent=2)
     else:
-        rows = [("NAME", "PRODUCT", "TYPE", "ID", "HOME")] + [
-            tuple(printable(v) for v in (d["name"] or "(unnamed)", d["product"], d["type"],
-                                         d["id"], d["home"] or ""))
+        now = time.time()
+        rows = [("NAME", "STATUS", "BATTERY", "LAST SEEN", "READINGS", "PRODUCT", "TYPE",
+                 "ID", "HOME")] + [
+            tuple(printable(v) for v in (
+                d["name"] or "(unnamed)", status_word(d), battery_text(d),
+                "" if d["last_seen"] is None else ago(d["last_seen"], now),
+                readings_text(d["readings"]), d["product"], d["type"], d["id"],
+                d["home"] or ""))
             for d in found.devices]
-        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         text = "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip()
                          for row in rows)
         text += "".join("\nnot granted: %s" % line for _, line in found.not_granted)
+        text += "".join("\n%s" % printable(problem["message"])
+                        for problem in found.status_problems)
     write_out(text)
 
 

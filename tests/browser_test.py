@@ -212,3 +212,26 @@ class BrowserTest(AppTestCase):
         print("\nbrowser: screenshot %s, %dx%d, %d pixels of the buttons' blue"
               % (os.path.relpath(screenshot), width, height, blue))
         self.assertGreater(blue, 1000)
+
+    def test_the_device_page_with_status_on_a_phone_and_on_a_desktop(self):
+        self.fake.auto_approve = "alice"
+        self.chromium.open(self.url + "/login")
+        self.chromium.wait_for_load(0, "/devices")
+        shown = ("[...document.querySelectorAll('th')].filter(th => "
+                 "getComputedStyle(th).display !== 'none').map(th => th.textContent)")
+        sizes = {"phone": (390, 844, True), "desktop": (1280, 900, False)}
+        seen = {}
+        for name, (width, height, mobile) in sizes.items():
+            self.chromium.viewport(width, height, mobile)
+            self.chromium.open(self.url + "/devices")
+            seen[name] = self.chromium.evaluate(shown)
+            path = os.path.join(OUTPUT, "devices-%s.png" % name)
+            self.chromium.screenshot(path)
+            width_seen, _, _ = png_pixels(path)
+            self.assertEqual(width_seen, width)
+        self.assertEqual(seen["phone"], ["Name", "Status", "Readings"])
+        self.assertEqual(seen["desktop"], ["Name", "Status", "Readings", "Product", "Last seen",
+                                           "Battery", "Signal", "Room", "Home", "Type", "Id"])
+        text = self.chromium.text()
+        self.assertIn("4 offline", text)
+        self.assertIn("4 batteries low or very low", text)

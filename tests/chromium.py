@@ -62,10 +62,13 @@ class Chromium(object):
                                  {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Network", "Runtime"):
             self.send(domain + ".enable", session=True)
-        if mobile or width:
-            self.send("Emulation.setDeviceMetricsOverride",
-                      {"width": width, "height": height, "deviceScaleFactor": 1,
-                       "mobile": mobile}, session=True)
+        self.viewport(width, height, mobile)
+
+    def viewport(self, width, height, mobile=False):
+        """Show pages at this size, as a phone (mobile) or a desktop browser does."""
+        self.send("Emulation.setDeviceMetricsOverride",
+                  {"width": width, "height": height, "deviceScaleFactor": 1,
+                   "mobile": mobile}, session=True)
 
     # -- the protocol --
 

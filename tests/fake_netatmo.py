@@ -10,9 +10,12 @@ It speaks the protocol netatmo_stdlib talks to, as strictly as the real cloud do
 - POST /oauth2/token: codes are single use, expire, and are bound to the
   redirect_uri and the PKCE challenge of their authorize request; refresh tokens
   rotate, and a used one answers invalid_grant (and is counted in `refresh_reuse`).
-- GET or POST /api/homesdata, /api/getstationsdata, /api/gethomecoachsdata answer in
-  Netatmo's envelopes, with 403 code 2 (unknown token), 3 (expired), 13 (scope not
-  granted) and 429 code 26 (rate limit: 50 calls per 10 s and 500 per hour per user).
+- GET or POST /api/homesdata, /api/getstationsdata, /api/gethomecoachsdata and
+  /api/homestatus?home_id=... answer in Netatmo's envelopes, with 403 code 2 (unknown
+  token), 3 (expired), 13 (scope not granted) and 429 code 26 (rate limit: 50 calls
+  per 10 s and 500 per hour per user). homestatus serves the recorded status of
+  alice's first home (homestatus.json), a gateway that does not answer for bob
+  (code 6, as homestatus_disconnected.json), and generated statuses elsewhere.
 - Faults on demand: latency, 500 with HTML, non-JSON, connection reset, no answer.
 - Connections are kept alive, as a web server's are, within limits a client must
   cope with: one left idle for `idle_timeout` seconds is closed, and the
@@ -59,6 +62,7 @@ ENDPOINT_SCOPES = {
     "/api/homesdata": "read_thermostat",
     "/api/getstationsdata": "read_station",
     "/api/gethomecoachsdata": "read_homecoach",
+    "/api/homestatus": "read_thermostat",
 }
 
 
@@ -69,17 +73,27 @@ def fixture(name):
 
 
 def hostile_account():
-    """Return bob's account: hostile and odd names, in each endpoint's real shape."""
+    """Return bob's account: hostile and odd names, in each endpoint's real shape.
+
+    His home's gateway does not answer: homestatus names it in `errors` (code 6),
+    as homestatus_disconnected.json does, and lists no module.
+    """
     return {
         "/api/homesdata": {"homes": [{
             "id": "bbbbbbbbbbbbbbbbbbbbbbbb", "name": "<b>Bob's \"home\"</b> & co",
+            "rooms": [{"id": "1", "name": "<i>Living</i> & \"dining\"", "type": "livingroom"},
+                      {"id": "2", "name": "<script>alert('room')</script>", "type": "kitchen"}],
             "modules": [
                 {"id": "70:ee:50:00:00:01", "type": "NAPlug",
-                 "name": "<script>alert('pwned')</script>"},
-                {"id": "04:00:00:00:00:02", "type": "NATherm1", "name": "Küche ☃ 温度"},
-                {"id": "04:00:00:00:00:03", "type": "NRV"},
+                 "name": "<script>alert('pwned')</script>",
+                 "modules_bridged": ["04:00:00:00:00:02", "04:00:00:00:00:03"]},
+                {"id": "04:00:00:00:00:02", "type": "NATherm1", "name": "Küche ☃ 温度",
+                 "room_id": "2", "bridge": "70:ee:50:00:00:01"},
+                {"id": "04:00:00:00:00:03", "type": "NRV", "room_id": "1",
+                 "bridge": "70:ee:50:00:00:01"},
                 {"id": " 70:ee:50:00:00:04 ", "type": "XYZ9", "name": "Mystery\r\nbox"},
-                {"id": "70:ee:50:00:00:05", "type": "NAMain", "name": "Bob's station"},
+                {"id": "70:ee:50:00:00:05", "type": "NAMain", "name": "Bob's station",
+                 "room_id": "1"},
             ]}], "user": {"email": "bob@example.com"}},
         "/api/getstationsdata": {"devices": [{
             "_id": "70 :ee: 50:00:00:05", "type": "NAMain", "module_name": "Indoor",
@@ -88,40 +102,80 @@ def hostile_account():
                          "module_name": "<img src=x onerror=alert(1)>", "reachable": False}]}],
             "user": {"mail": "bob@example.com"}},
         "/api/gethomecoachsdata": {"devices": [], "user": {"mail": "bob@example.com"}},
+        "/api/homestatus": {"bbbbbbbbbbbbbbbbbbbbbbbb": {
+            "errors": [{"code": 6, "id": "70:ee:50:00:00:01"}],
+            "home": {"id": "bbbbbbbbbbbbbbbbbbbbbbbb"}}},
     }
 
 
 def generated_account(count):
-    """Return an account of `count` devices: homes of 100 modules, as homesdata lists them."""
+    """Return an account of `count` devices in homes of 1,000, with their status."""
     types = ["NAPlug", "NATherm1", "NRV", "NLP", "NLF", "NLV", "NACamera", "NSD"]
     homes = []
-    for h in range(0, count, 100):
-        homes.append({"id": "%024x" % h, "name": "Home %d" % (h // 100), "modules": [
+    for h in range(0, count, 1000):
+        homes.append({"id": "%024x" % h, "name": "Home %d" % (h // 1000), "modules": [
             {"id": "70:ee:50:%02x:%02x:%02x" % (i >> 16, (i >> 8) & 255, i & 255),
              "type": types[i % len(types)], "name": "Device %d" % i, "setup_date": 1494963356,
-             "room_id": "%d" % (i // 5), "reachable": i % 7 != 0}
-            for i in range(h, min(h + 100, count))]})
-    return {"/api/homesdata": {"homes": homes, "user": {"email": "big@example.com"}},
-            "/api/getstationsdata": {"devices": []},
-            "/api/gethomecoachsdata": {"devices": []}}
+             "room_id": "%d" % (i // 5)}
+            for i in range(h, min(h + 1000, count))]})
+    body = {"homes": homes, "user": {"email": "big@example.com"}}
+    return {"/api/homesdata": body, "/api/getstationsdata": {"devices": []},
+            "/api/gethomecoachsdata": {"devices": []},
+            "/api/homestatus": generated_statuses(body)}
+
+
+def generated_statuses(homes_body):
+    """Return {home id: homestatus body} for homes that have no recorded status.
+
+    Each module gets fields in the shapes homestatus.json shows: a radio or Wi-Fi
+    strength, a battery where the type has one, a firmware revision, and some
+    readings; every seventh module does not answer.
+    """
+    statuses = {}
+    for home in homes_body["homes"]:
+        modules, rooms = [], {}
+        for i, module in enumerate(home.get("modules", [])):
+            live = {"id": module["id"], "type": module.get("type"), "reachable": i % 7 != 0,
+                    "firmware_revision": 50 + i % 150, "last_seen": 1700000000 + i}
+            if module.get("type") in ("NAPlug", "NACamera", "NLG", "NBG", "OTH"):
+                live["wifi_strength"] = 40 + i % 50
+            else:
+                live["rf_strength"] = 55 + i % 40
+            if module.get("type") in ("NATherm1", "NRV", "NACamDoorTag", "NIS", "NSD"):
+                live["battery_state"] = ("full", "high", "medium", "low", "very_low")[i % 5]
+            if module.get("type") in ("NLP", "NLPC"):
+                live["power"] = i % 500
+            modules.append(live)
+            if module.get("room_id"):
+                rooms[module["room_id"]] = {"id": module["room_id"], "reachable": True,
+                                            "therm_measured_temperature": 18 + i % 50 / 10.0,
+                                            "therm_setpoint_temperature": 19}
+        statuses[home["id"]] = {"home": {"id": home["id"], "modules": modules,
+                                         "rooms": list(rooms.values())}}
+    return statuses
 
 
 def default_users():
     """Return the accounts the fake knows, by user name."""
+    multi = fixture("homesdata_multi.json")
     return {
-        # alice: a real account with 51 home modules, 7 stations and 5 home coaches.
+        # alice: a real account with 51 home modules, 7 stations and 5 home coaches,
+        # and the recorded status of her first home (her second has no modules).
         "alice": {"/api/homesdata": fixture("homesdata.json"),
                   "/api/getstationsdata": fixture("getstationsdata.json"),
-                  "/api/gethomecoachsdata": fixture("gethomecoachsdata.json")},
+                  "/api/gethomecoachsdata": fixture("gethomecoachsdata.json"),
+                  "/api/homestatus": {"91763b24c43d3e344f424e8b":
+                                      fixture("homestatus.json")}},
         "bob": hostile_account(),
         # carol: no homes, unreachable stations without dashboard_data, no coaches.
         "carol": {"/api/homesdata": fixture("homesdata_empty.json"),
                   "/api/getstationsdata": fixture("weatherstation_data_unreachable_station.json"),
                   "/api/gethomecoachsdata": {"devices": []}},
-        # dave: a large account, 2 homes and 139 modules.
-        "dave": {"/api/homesdata": fixture("homesdata_multi.json"),
+        # dave: a large account, 2 homes and 139 modules, their status generated.
+        "dave": {"/api/homesdata": multi,
                  "/api/getstationsdata": {"devices": []},
-                 "/api/gethomecoachsdata": {"devices": []}},
+                 "/api/gethomecoachsdata": {"devices": []},
+                 "/api/homestatus": generated_statuses(multi)},
         # big500, big5000: generated accounts for the benchmark.
         "big500": generated_account(500),
         "big5000": generated_account(5000),
@@ -284,11 +338,15 @@ class FakeNetatmo(object):
             found.update(self.clients.values())
         return found
 
-    def take_fault(self, path):
-        """Return the kind of fault to inject on this request to path, or None."""
+    def take_fault(self, path, home_id=None):
+        """Return the kind of fault to inject on this request to path, or None.
+
+        A fault set on "/api/homestatus?home_id=X" hits that home only.
+        """
+        targets = (path, "%s?home_id=%s" % (path, home_id)) if home_id else (path,)
         with self.lock:
             for fault in self.faults:
-                if fault[0] == path and fault[2] > 0:
+                if fault[0] in targets and fault[2] > 0:
                     fault[2] -= 1
                     return fault[1]
         return None
@@ -381,8 +439,8 @@ class FakeNetatmo(object):
             answer["scope"] = " ".join(list(scope) + self.odd_scopes)
         return answer
 
-    def api(self, path, authorization):
-        """Return (status, JSON answer) of a device endpoint."""
+    def api(self, path, authorization, home_id=None):
+        """Return (status, JSON answer) of a device endpoint (homestatus: of home_id)."""
         token = authorization[len("Bearer "):] if authorization.startswith("Bearer ") else ""
         if not token:
             return 401, api_error(1, "Access token is missing")
@@ -396,9 +454,15 @@ class FakeNetatmo(object):
                 return 403, api_error(13, "Application does not have the good scope rights")
             if not self.within_rate_limits(grant.user):
                 return 429, api_error(26, "User usage reached")
-            body = self.encoded.get((grant.user, path))
+            if path == "/api/homestatus":
+                statuses = self.users[grant.user].get(path, {})
+                if home_id not in statuses:  # Netatmo documents no answer for this
+                    return 400, api_error(21, "Invalid home_id")
+            body = self.encoded.get((grant.user, path, home_id))
             if body is None:
-                body = self.encoded[grant.user, path] = json.dumps(self.users[grant.user][path])
+                value = self.users[grant.user][path]
+                body = self.encoded[grant.user, path, home_id] = json.dumps(
+                    value[home_id] if path == "/api/homestatus" else value)
         return 200, ('{"body": %s, "status": "ok", "time_exec": 0.012, "time_server": %d}'
                      % (body, time.time()))
 
@@ -504,7 +568,7 @@ class FakeHandler(BaseHTTPRequestHandler):
         with fake.lock:
             fake.requests.append(Recorded(self.command, path, query, form,
                                           dict(self.headers.items()), via_proxy, self.number))
-        fault = fake.take_fault(path)
+        fault = fake.take_fault(path, query.get("home_id"))
         if fault and self.inject(fault):
             return
         if path == "/oauth2/authorize":
@@ -538,7 +602,8 @@ class FakeHandler(BaseHTTPRequestHandler):
         elif path in ENDPOINT_SCOPES:
             if fake.latency:
                 fake.stopping.wait(fake.latency)
-            status, answer = fake.api(path, self.headers.get("Authorization", ""))
+            status, answer = fake.api(path, self.headers.get("Authorization", ""),
+                                      query.get("home_id"))
             self.answer_json(status, answer)
         else:
             self.answer_json(404, api_error(404, "Not found"))

@@ -1,12 +1,14 @@
 """Step (e): the devices, fetched concurrently, merged, escaped; scopes not granted."""
 
+import json
+import os
 import threading
 import time
 import unittest
 
 import netatmo_stdlib
 from tests.fake_netatmo import default_users
-from tests.support import AppTestCase, Browser
+from tests.support import HERE, AppTestCase, Browser
 
 
 def by_id(devices):
@@ -22,10 +24,14 @@ class DeviceListTest(AppTestCase):
         self.assertEqual(response.status, 200)
         self.assertEqual(response.headers["Content-Type"], "application/json; charset=utf-8")
         answer = response.json()
-        self.assertEqual(set(answer), {"devices", "not_granted", "fetched_at"})
+        self.assertEqual(set(answer), {"devices", "not_granted", "homes_without_status",
+                                       "fetched_at"})
         self.assertEqual(answer["not_granted"], [])
+        self.assertEqual(answer["homes_without_status"], [])
         for d in answer["devices"]:
-            self.assertEqual(set(d), {"id", "name", "type", "product", "home", "reachable"})
+            self.assertEqual(set(d), {"id", "name", "type", "product", "home", "reachable",
+                                      "last_seen", "battery_percent", "battery", "signal",
+                                      "firmware", "room", "readings"})
 
     def test_real_account_merges_to_one_row_per_device(self):
         browser, _ = self.login("alice")
@@ -54,7 +60,8 @@ class DeviceListTest(AppTestCase):
         self.assertEqual(devices["12:34:56:80:00:c3:69:3d"]["product"], "Z3V")
         self.assertEqual(devices["12:34:56:26:69:0c"]["product"], "Home Coach")
         self.assertIs(devices["12:34:56:26:69:0c"]["reachable"], False)
-        self.assertIsNone(devices["12:34:56:00:01:ae"]["reachable"])  # unknown
+        self.assertIs(devices["12:34:56:00:01:ae"]["reachable"], True)  # from homestatus
+        self.assertIsNone(devices["12:34:56:00:16:0e"]["reachable"])  # unknown
 
     def test_html_page_lists_every_device_with_unnamed_ones_marked(self):
         browser, hops = self.login("alice")
@@ -211,9 +218,10 @@ class DeviceListTest(AppTestCase):
 
     def test_the_fakes_own_rate_limit_is_reached_like_netatmos(self):
         browser, _ = self.login("alice")  # 3 calls
+        self.assertEqual(len(self.fake.requests_to("/api/homestatus")), 1)  # 4 calls a page
         statuses = [browser.get(self.url + "/devices.json").status for _ in range(17)]
-        self.assertEqual(statuses[:15], [200] * 15)  # 48 calls in all: within 50 per 10 s
-        self.assertEqual(statuses[16], 429)
+        self.assertEqual(statuses[:11], [200] * 11)  # 48 calls in all: within 50 per 10 s
+        self.assertEqual(statuses[11], 429)
 
 
 class CacheTest(AppTestCase):
@@ -319,3 +327,211 @@ class DevicesOfTest(unittest.TestCase):
         self.assertEqual([r["id"] for r in rows], ["12345", "s"])
         self.assertIsNone(rows[0]["reachable"])
         self.assertEqual(rows[0]["product"], "7")
+
+
+def fixture_body(name):
+    """Return the body of a recorded answer in tests/fixtures."""
+    with open(os.path.join(HERE, "fixtures", name), encoding="utf-8") as f:
+        return json.load(f)["body"]
+
+
+class StatusTest(AppTestCase):
+    """Whether each device works and what it reads (issue 11), from real-shaped answers."""
+
+    def devices(self, user="alice"):
+        browser, _ = self.login(user)
+        return browser, by_id(browser.get(self.url + "/devices.json").json()["devices"])
+
+    def test_weather_stations_modules_and_coaches_from_their_own_answers(self):
+        _, devices = self.devices("carol")  # no homes: every status is a station's
+        station = devices["12:34:56:37:11:ca"]  # getstationsdata.json's first station
+        self.assertEqual(
+            {k: station[k] for k in ("reachable", "last_seen", "battery", "battery_percent",
+                                     "signal", "firmware", "room", "readings")},
+            {"reachable": True, "last_seen": 1559413181, "battery": None,
+             "battery_percent": None, "signal": "full", "firmware": "137", "room": None,
+             "readings": {"temperature": 24.6, "humidity": 36, "co2": 749, "noise": 37,
+                          "pressure": 1017.3}})
+        outdoor = devices["12:34:56:36:fc:de"]
+        self.assertEqual((outdoor["last_seen"], outdoor["battery_percent"], outdoor["battery"],
+                          outdoor["signal"], outdoor["firmware"], outdoor["readings"]),
+                         (1559413157, 87, "full", "full", "46",
+                          {"temperature": 28.6, "humidity": 24}))
+        self.assertEqual((devices["12:34:56:07:bb:0e"]["battery"],
+                          devices["12:34:56:07:bb:0e"]["signal"]), ("high", "medium"))  # 79, 84
+        self.assertEqual(devices["12:34:56:03:1b:e4"]["readings"],
+                         {"wind_strength": 4, "wind_angle": 217, "gust_strength": 9,
+                          "gust_angle": 206})
+        self.assertEqual(devices["12:34:56:05:51:20"]["readings"], {"rain": 0, "rain_24h": 0})
+        remote = devices["12:34:56:00:aa:01"]  # unreachable, without dashboard_data
+        self.assertEqual((remote["reachable"], remote["last_seen"], remote["readings"]),
+                         (False, 1554506294, {}))
+        gauge = devices["12:34:56:00:aa:03"]
+        self.assertEqual((gauge["battery_percent"], gauge["battery"], gauge["last_seen"]),
+                         (3, "very_low", 1537259554))
+        self.assertEqual(devices["12:34:56:00:aa:02"]["battery"], "low")  # 17 %
+        _, devices = self.devices("alice")
+        coach = devices["12:34:56:3e:c5:46"]  # gethomecoachsdata.json
+        self.assertEqual((coach["signal"], coach["last_seen"], coach["readings"]["health_index"],
+                          coach["readings"]["co2"]), ("high", 1572073818, 1, 494))
+        self.assertEqual(devices["12:34:56:26:69:0c"]["reachable"], False)
+
+    def test_home_devices_from_homestatus_with_their_rooms(self):
+        _, devices = self.devices("alice")
+        thermostat = devices["12:34:56:00:01:ae"]  # homestatus.json, room Livingroom
+        self.assertEqual(
+            {k: thermostat[k] for k in ("reachable", "last_seen", "battery", "battery_percent",
+                                        "signal", "firmware", "room", "readings")},
+            {"reachable": True, "last_seen": None, "battery": "high", "battery_percent": None,
+             "signal": "full", "firmware": "65", "room": "Livingroom",
+             "readings": {"temperature": 19.8, "setpoint": 12}})
+        valve = devices["12:34:56:03:a5:54"]  # its room, Entrada: 24.5 °C, set to 7
+        self.assertEqual((valve["room"], valve["readings"], valve["battery"]),
+                         ("Entrada", {"temperature": 24.5, "setpoint": 7}, "full"))
+        relay = devices["12:34:56:00:fa:d0"]  # a gateway: no reachable; Wi-Fi 42, radio 107
+        self.assertEqual((relay["reachable"], relay["signal"], relay["firmware"]),
+                         (True, "full", "174"))
+        siren = devices["12:34:56:00:e3:9b"]
+        self.assertEqual((siren["battery"], siren["last_seen"], siren["reachable"]),
+                         ("low", 1644569790, True))
+        self.assertIs(devices["12:34:56:00:86:99"]["reachable"], False)  # door tag
+        self.assertEqual(devices["12:34:56:00:00:a1:4c:da"]["readings"], {"power": 476})
+        self.assertEqual(devices["12:34:56:10:f1:66"]["signal"], "high")  # doorbell, Wi-Fi 66
+        self.assertEqual(devices["10:20:30:bd:b8:1e"]["readings"],  # a Smarther's room
+                         {"temperature": 22, "setpoint": 22, "humidity": 67})
+        # Listed by homestatus and getstationsdata: the source heard from last wins.
+        outdoor = devices["12:34:56:80:1c:42"]
+        self.assertEqual((outdoor["reachable"], outdoor["last_seen"], outdoor["readings"]),
+                         (True, 1702884800, {"temperature": 5.8, "humidity": 65}))
+        ghost = devices["12:34:56:32:db:06"]  # under two stations, dead under the first
+        self.assertEqual((ghost["reachable"], ghost["last_seen"]), (True, 1588481380))
+
+    def test_a_home_whose_gateway_does_not_answer(self):
+        # homestatus_disconnected.json: the relay of alice's first home does not answer.
+        self.fake.fail("/api/homestatus", ("body", fixture_body(
+            "homestatus_disconnected.json")), times=4)
+        browser, devices = self.devices("alice")
+        for offline in ("12:34:56:00:fa:d0", "12:34:56:00:01:ae", "12:34:56:03:a5:54",
+                        "12:34:56:03:a0:ac"):  # the relay, and what it bridges
+            row = devices[offline]
+            self.assertEqual((row["reachable"], row["battery"], row["signal"], row["readings"]),
+                             (False, None, None, {}))
+        self.assertIsNone(devices["12:34:56:00:f1:62"]["reachable"])  # status unknown now
+        self.assertIs(devices["12:34:56:37:11:ca"]["reachable"], True)  # a station's
+        answer = browser.get(self.url + "/devices.json").json()
+        [problem] = answer["homes_without_status"]
+        self.assertEqual((problem["home_id"], problem["home"], problem["reason"]),
+                         ("91763b24c43d3e344f424e8b", "MYHOME", "not_answering"))
+        page = browser.get(self.url + "/devices").text
+        self.assertIn("Home MYHOME does not answer: its gateway Thermostat is offline", page)
+        self.assertEqual(len(answer["devices"]), 73)
+
+    def test_a_silent_gateway_takes_offline_what_names_it_as_its_bridge(self):
+        # Real homesdata lists a bridged module under its gateway's modules_bridged, or
+        # only names the gateway in the module's own `bridge`: either counts.
+        self.fake.fail("/api/homesdata", ("body", {"homes": [{"id": "h1", "name": "Cabin",
+                       "modules": [{"id": "g1", "type": "NAPlug", "name": "Gateway"},
+                                   {"id": "m1", "type": "NATherm1", "bridge": "g1"},
+                                   {"id": "m2", "type": "NRV"}]}]}), times=2)
+        self.fake.fail("/api/homestatus", ("body", {"errors": [{"code": 6, "id": "g1"}],
+                                                    "home": {"id": "h1"}}), times=2)
+        browser, _ = self.login("alice")
+        devices = by_id(browser.get(self.url + "/devices.json").json()["devices"])
+        self.assertEqual([devices[i]["reachable"] for i in ("g1", "m1", "m2")],
+                         [False, False, None])
+
+    def test_a_failing_homestatus_leaves_the_list_whole_and_names_the_home(self):
+        browser, _ = self.login("alice")
+        self.fake.rate_limits = None
+        for kind, words in (("500_html", "Netatmo answered 500"), ("non_json", "not JSON"),
+                            ("scope", "code 13"), ("rate_limit", "code 26"),
+                            ("hang", "did not answer within 1 seconds")):
+            with self.subTest(kind=kind):
+                self.fake.fail("/api/homestatus", kind)
+                response = browser.get(self.url + "/devices")
+                self.fake.clear_faults()
+                self.assertEqual(response.status, 200)
+                self.assertIn("73 devices", response.text)
+                self.assertIn("The status of home MYHOME is unknown: ", response.text)
+                self.assertIn(words, response.text)
+        self.fake.fail("/api/homestatus", "500_html")
+        answer = browser.get(self.url + "/devices.json").json()
+        self.assertEqual([(p["home"], p["reason"]) for p in answer["homes_without_status"]],
+                         [("MYHOME", "failed")])
+        devices = by_id(answer["devices"])
+        self.assertIsNone(devices["12:34:56:00:01:ae"]["reachable"])  # unknown, still listed
+        self.assertEqual(devices["12:34:56:00:01:ae"]["room"], "Livingroom")
+        self.assertNoTraceback()
+
+    def app_settings(self):
+        return {"timeout": 1.0}  # for the homestatus that does not answer
+
+    def test_no_homestatus_without_read_thermostat(self):
+        self.fake.withheld_scopes = {"read_thermostat"}
+        browser, devices = self.devices("alice")
+        self.assertEqual(self.fake.requests_to("/api/homestatus"), [])
+        self.assertEqual(self.fake.requests_to("/api/homesdata"), [])
+        self.assertEqual(devices["12:34:56:37:11:ca"]["signal"], "full")  # stations still
+
+    def test_calls_per_page_three_plus_one_per_home_all_at_once_after_the_first(self):
+        browser, _ = self.login("dave")  # 2 homes with modules
+        status_calls = self.fake.requests_to("/api/homestatus")
+        self.assertEqual(sorted(r.query["home_id"] for r in status_calls),
+                         ["aaaaaaaaaaabbbbbbbbbbccc", "eeeeeeeeeffffffffffaaaaa"])
+        self.fake.latency = 0.3
+        calls_before = len(self.fake.requests)
+        started = time.time()
+        self.assertEqual(browser.get(self.url + "/devices.json").status, 200)
+        took = time.time() - started
+        self.assertEqual(len(self.fake.requests) - calls_before, 3 + 2)
+        self.assertLess(took, 0.55)  # one round of calls, not two (0.6 s)
+        devices = browser.get(self.url + "/devices.json").json()["devices"]
+        self.assertEqual(len(devices), 139)
+        self.assertTrue(all(d["reachable"] is not None for d in devices))
+
+    def test_the_page_says_what_is_offline_and_which_batteries_are_low(self):
+        browser, hops = self.login("carol")
+        page = hops[-1].text
+        self.assertIn("<strong>3 offline</strong>: MyRemoteStation, Outdoor, Wind Gauge.", page)
+        self.assertIn("<strong>2 batteries low or very low</strong>: Outdoor (low, 17 %), "
+                      "Wind Gauge (very low, 3 %).", page)
+        self.assertIn('<td class="offline">offline</td>', page)
+        self.assertIn("very low (3 %)", page)
+        self.assertIn("24.6\u00a0\u00b0C \u00b7 36\u00a0% \u00b7 749\u00a0ppm \u00b7 37\u00a0dB "
+                      "\u00b7 1017.3\u00a0mbar", page)
+        self.assertRegex(page, r"\d+ days ago<br><small>2019-06-01 18:19:41 UTC</small>")
+        for column in ("Status", "Readings", "Last seen", "Battery", "Signal", "Room"):
+            self.assertIn(">%s</th>" % column, page)
+
+    def test_room_names_and_the_home_that_does_not_answer_are_escaped(self):
+        browser, hops = self.login("bob")
+        page = hops[-1].text
+        self.assertNotIn("<script>alert('room')", page)
+        self.assertIn("&lt;script&gt;alert(&#x27;room&#x27;)&lt;/script&gt;", page)
+        self.assertIn("&lt;i&gt;Living&lt;/i&gt; &amp; &quot;dining&quot;", page)
+        self.assertIn("Home &lt;b&gt;Bob&#x27;s &quot;home&quot;&lt;/b&gt; &amp; co does not "
+                      "answer: its gateway &lt;script&gt;alert(&#x27;pwned&#x27;)", page)
+        self.assertNotIn("<b>Bob", page)
+        devices = by_id(browser.get(self.url + "/devices.json").json()["devices"])
+        self.assertEqual(devices["04:00:00:00:00:02"]["room"],
+                         "<script>alert('room')</script>")
+        self.assertEqual([devices[i]["reachable"] for i in (
+            "70:ee:50:00:00:01", "04:00:00:00:00:02", "04:00:00:00:00:03")], [False] * 3)
+
+
+class StatusOfTest(unittest.TestCase):
+    """The thresholds, on their own."""
+
+    def test_signal_and_battery_thresholds(self):
+        radio = [(v, netatmo_stdlib.level(v, netatmo_stdlib.RADIO_SIGNAL, "full"))
+                 for v in (95, 90, 89, 80, 79, 70, 69, 60, 0, None, True, "80")]
+        self.assertEqual([word for _, word in radio],
+                         ["low", "low", "medium", "medium", "high", "high", "full", "full",
+                          None, None, None, None])
+        wifi = [netatmo_stdlib.level(v, netatmo_stdlib.WIFI_SIGNAL, "full")
+                for v in (86, 85, 71, 70, 56, 55)]
+        self.assertEqual(wifi, ["low", "medium", "medium", "high", "high", "full"])
+        battery = [netatmo_stdlib.battery_of_percent(p) for p in (100, 80, 79, 50, 49, 25,
+                                                                   24, 10, 9, 0, None)]
+        self.assertEqual(battery, ["full", "full", "high", "high", "medium", "medium", "low",
+                                   "low", "very_low", "very_low", None])

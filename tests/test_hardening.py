@@ -207,7 +207,7 @@ class NetatmoFaultsTest(AppTestCase):
                 self.assertEqual(len(response.json()["devices"]), count)
         self.fake.fail("/api/gethomecoachsdata", ("body", {"devices": [{"_id": "x"}]}))
         page = browser.get(self.url + "/devices").text
-        self.assertIn("<td>unknown</td>", page)
+        self.assertIn('<td class="wide">unknown</td>', page)  # the product column
         self.assertNoTraceback()
 
 

@@ -48,14 +48,14 @@ class OnceRun(object):
         cap = env.pop("file_size_cap", None)
         mode = env.pop("mode", "--once")
         environment = dict(os.environ, NETATMO_CLIENT_ID=CLIENT_ID,
-                           NETATMO_CLIENT_SECRET=CLIENT_SECRET)
+                           NETATMO_CLIENT_SECRET=CLIENT_SECRET, PYTHONIOENCODING="utf-8")
         environment.update(env)
         start = [sys.executable] + (["-c", FILE_SIZE_CAP, str(cap)] if cap else [])
         self.process = subprocess.Popen(
             start + [PROGRAM, mode, "--port", "0", "--api-url", test.fake.url,
                      "--cache-seconds", "0"] + list(args),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            universal_newlines=True, env=environment)
+            universal_newlines=True, encoding="utf-8", env=environment)
         test.addCleanup(self.kill)
 
     def wait_for_login_url(self, register=True):
@@ -93,12 +93,32 @@ class OnceTest(AppTestCase):
         status, out, err = run.finish()
         self.assertEqual(status, 0, err)
         lines = out.splitlines()
-        self.assertEqual(lines[0].split(), ["NAME", "PRODUCT", "TYPE", "ID", "HOME"])
+        self.assertEqual(lines[0].split(), ["NAME", "STATUS", "BATTERY", "LAST", "SEEN",
+                                            "READINGS", "PRODUCT", "TYPE", "ID", "HOME"])
         self.assertEqual(len(lines), 74)
         column = lines[0].index("PRODUCT")
         self.assertTrue(any(line.startswith("Villa") and line[column:].startswith(
             "Weather Station") for line in lines))
         self.assertNotIn("Traceback", err)
+
+    def test_the_table_says_status_battery_last_seen_and_readings(self):
+        run = OnceRun(self)
+        self.login_in_browser(run, "carol")
+        status, out, err = run.finish()
+        self.assertEqual(status, 0, err)
+        lines = out.splitlines()
+        self.assertEqual(len(lines), 1 + 9)  # one line per device
+        header = lines[0]
+        columns = {name: header.index(name) for name in (
+            "STATUS", "BATTERY", "LAST SEEN", "READINGS", "PRODUCT")}
+        [gauge] = [line for line in lines if line.startswith("Wind Gauge ")]
+        cell = lambda name: gauge[columns[name]:].split("  ")[0]  # noqa: E731
+        self.assertEqual(cell("STATUS"), "offline")
+        self.assertEqual(cell("BATTERY"), "very low (3 %)")
+        self.assertRegex(cell("LAST SEEN"), r"^\d+ days ago$")
+        [station] = [line for line in lines if line.startswith("MyStation ")]
+        self.assertIn("24.6 \u00b0C \u00b7 36 % \u00b7 749 ppm", station)
+        self.assertEqual(station[columns["STATUS"]:].split("  ")[0], "online")
 
     def test_json_output_is_the_same_as_devices_json(self):
         run = OnceRun(self, "--json")
@@ -106,7 +126,8 @@ class OnceTest(AppTestCase):
         status, out, err = run.finish()
         self.assertEqual(status, 0, err)
         answer = json.loads(out)
-        self.assertEqual(set(answer), {"devices", "not_granted", "fetched_at"})
+        self.assertEqual(set(answer), {"devices", "not_granted", "homes_without_status",
+                                       "fetched_at"})
         self.assertEqual(len(answer["devices"]), 9)
 
     def test_device_names_cannot_drive_the_terminal(self):
