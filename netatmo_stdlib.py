@@ -21,9 +21,12 @@ How the OAuth2 authorization-code flow (RFC 6749, section 4.1) runs here:
     https://api.netatmo.com/oauth2/token and keep the access and refresh tokens in
     memory, server-side, under a new session id. The browser only ever holds that id.
 (e) Retrieve and output the devices: GET /devices (HTML) and /devices.json call
-    /api/homesdata, /api/getstationsdata and /api/gethomecoachsdata with
-    `Authorization: Bearer <access_token>`, concurrently, on connections kept open
-    from call to call, and merge what they list.
+    /api/homesdata, /api/getstationsdata, /api/gethomecoachsdata and, for each
+    home, /api/homestatus with `Authorization: Bearer <access_token>`, concurrently,
+    on connections kept open from call to call, and merge what they list into one
+    row per device: what it is, whether it works, and what it reads.
+
+Run it with --trace to watch these steps happen, every secret hidden.
 
 Access tokens last about 3 hours. We refresh them before they run out, one refresh
 at a time per session, because Netatmo rotates refresh tokens: each one works once.
@@ -2806,7 +2809,7 @@ def tls_context(config):
     return context
 
 
-# ---- The terminal mode (--once) ------------------------------------------------
+# ---- The terminal modes (--once, --print-token) ---------------------------------
 
 class Outcome(object):
     """How a --once or --print-token run ends: a device list or tokens, or an exit
