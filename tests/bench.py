@@ -121,18 +121,19 @@ class App(Child):
 
 
 class Client(object):
-    """One browser: a cookie and a kept-alive connection per host."""
+    """One browser: a cookie and a kept-alive connection per host, from its address."""
 
-    def __init__(self):
+    def __init__(self, address=None):
         self.cookie = None
         self.connections = {}
+        self.address = address  # a loopback address of its own, as another machine's
 
     def request(self, method, url, headers=None):
         """Send a request; return (status, headers, body)."""
         parts = urllib.parse.urlsplit(url)
         connection = self.connections.get(parts.netloc)
         if connection is None:
-            connection = self.connections[parts.netloc] = connect(url, 60)
+            connection = self.connections[parts.netloc] = connect(url, 60, self.address)
         headers = dict(headers or {})
         if self.cookie and parts.port not in FAKE_PORT:
             headers["Cookie"] = self.cookie
@@ -168,13 +169,16 @@ class Client(object):
             connection.close()
 
 
-def connect(url, timeout):
+def connect(url, timeout, address=None):
     """Return an HTTP(S) connection to the host of url; HTTPS trusts the test certificate."""
     parts = urllib.parse.urlsplit(url)
+    source = (address, 0) if address else None
     if parts.scheme == "https":
         return http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
-                                           context=ssl.create_default_context(cafile=TLS_CERT))
-    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+                                           context=ssl.create_default_context(cafile=TLS_CERT),
+                                           source_address=source)
+    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout,
+                                      source_address=source)
 
 
 class FarAway(object):
