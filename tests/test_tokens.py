@@ -68,10 +68,11 @@ class RefreshTest(AppTestCase):
         self.assertEqual(self.refreshes(), 1)
 
     def test_retry_happens_once_only(self):
-        server = self.start_app(scopes="read_thermostat")  # one endpoint: one thread
+        # One endpoint, and carol has no home: no homestatus either, so one thread.
+        server = self.start_app(scopes="read_thermostat")
         url = "http://127.0.0.1:%d" % server.server_address[1]
         browser = Browser()
-        self.assertEqual(browser.follow(url + "/login", approve_as="alice")[-1].status, 200)
+        self.assertEqual(browser.follow(url + "/login", approve_as="carol")[-1].status, 200)
         self.fake.expires_in = -1  # every new token is born expired
         self.fake.expire_access_tokens()
         response = browser.get(url + "/devices.json")
