@@ -79,6 +79,25 @@ APPS_PAGE = "https://dev.netatmo.com/apps/"
 COOKIE_NAME = "netatmo_session"      # the logged-in session's id
 LOGIN_COOKIE_NAME = "netatmo_login"  # a login in progress, signed (see Logins)
 
+
+class Exit(object):
+    """How a terminal run (--once, --print-token) ends: the one table of exit statuses."""
+
+    DONE, LOGIN_FAILED, BAD_SETTING, NO_LOGIN, NETATMO_FAILED, PARTIAL, NOT_KEPT = range(7)
+    INTERRUPTED = 130
+    meanings = (
+        (DONE, "done"),
+        (LOGIN_FAILED, "declined, cancelled, or the login failed"),
+        (BAD_SETTING, "a bad setting"),
+        (NO_LOGIN, "no login within --wait"),
+        (NETATMO_FAILED, "Netatmo failed"),
+        (PARTIAL, "a partial list: some product lines failed; the rest is printed"),
+        (NOT_KEPT, "the login could not be kept in --token-file (locked past the wait, "
+                   "or the rotated\n       pair could not be saved); what was fetched "
+                   "is printed"),
+        (INTERRUPTED, "Ctrl-C"),
+    )
+
 # The three endpoints that list devices, the scope each needs, and what a
 # person calls that product line when it is not granted.
 DEVICE_ENDPOINTS = (
@@ -232,8 +251,8 @@ def argument_parser():
   over SSH:       ssh -L 8000:127.0.0.1:8000 host, run --once there, open the URL here
   https on a LAN: python3 netatmo_stdlib.py --host 0.0.0.0 --certfile c.pem --keyfile k.pem
                   --redirect-uri https://box.lan:8000/authenticate
-exit status: 0 done, 1 declined or login failed, 2 bad setting, 3 --wait ran out,
-             4 Netatmo failed, 130 Ctrl-C with --once""")
+exit status of --once and --print-token:
+""" + "".join("  %3d  %s\n" % row for row in Exit.meanings))
     add = parser.add_argument
     add("--client-id", help="your app's client id (env NETATMO_CLIENT_ID or NETATMO_APP_ID)")
     add("--client-secret-file", metavar="PATH",
@@ -341,6 +360,9 @@ def read_config(argv, environ):
                         ("--no-browser", args.no_browser)):
         if value and not (args.once or args.print_token):
             raise ConfigError("%s works with --once or --print-token only" % flag)
+    if args.no_browser and not args.token_file:
+        raise ConfigError("--no-browser needs --token-file: without a saved login, the "
+                          "only way in is a login in the browser")
     pkce = not args.no_pkce and environ.get("NETATMO_PKCE", "1").strip() != "0"
     trace = args.trace or environ.get("NETATMO_TRACE", "").strip() == "1"
     config = Config(client_id.strip(), client_secret, host, port, redirect_uri, scopes,
@@ -398,6 +420,42 @@ def check_url(url, flag, variable, example):
                           % (url, flag, variable, example))
 
 
+# ---- What reaches the terminal ---------------------------------------------------
+# Names, rooms, error messages and whole requests come from others. Everything we
+# write to stderr (log lines, --trace, the terminal modes' messages) passes through
+# escaped(), so that none of them can move the cursor, retitle the window, fill the
+# clipboard (OSC 52) or rewrite a line with a carriage return.
+
+# Control characters as \\xNN, and the backslash doubled, as http.server's log writes
+# them: all below 0x20 but the tab, and 0x7F-0x9F (DEL and the C1 controls).
+CONTROL_CHARACTERS = dict((c, "\\x%02x" % c)
+                          for c in list(range(0x20)) + list(range(0x7f, 0xa0)) if c != 0x09)
+CONTROL_CHARACTERS[ord("\\")] = "\\\\"
+
+
+def escaped(text):
+    """Return text with every control character written as \\xNN, newlines too."""
+    return str(text).translate(CONTROL_CHARACTERS)
+
+
+def say(message):
+    """Write one message to stderr, escaped, under the program's name."""
+    sys.stderr.write("netatmo_stdlib: %s\n" % escaped(message))
+    sys.stderr.flush()
+
+
+class LogFormatter(logging.Formatter):
+    """Log lines whose message is escaped, and a traceback escaped line by line."""
+
+    def formatMessage(self, record):
+        record.message = escaped(record.message)
+        return logging.Formatter.formatMessage(self, record)
+
+    def formatException(self, exc_info):
+        text = logging.Formatter.formatException(self, exc_info)
+        return "\n".join(escaped(line) for line in text.split("\n"))
+
+
 # ---- Watching the flow (--trace) -------------------------------------------------
 
 STEPS = {
@@ -423,10 +481,10 @@ class Trace(object):
         self.lock = threading.Lock()
 
     def step(self, letter, lines, why):
-        """Write one block at once: the step, its lines, and why."""
+        """Write one block at once: the step, its lines (escaped), and why."""
         text = "(%s) %s\n%s    why: %s\n" % (letter, STEPS[letter],
-                                              "".join("    %s\n" % line for line in lines),
-                                              why)
+                                              "".join("    %s\n" % escaped(line)
+                                                      for line in lines), why)
         with self.lock:
             self.stream.write(text)
             self.stream.flush()
@@ -472,16 +530,19 @@ class NetatmoError(Exception):
     `error` is the OAuth2 error name of the token endpoint (e.g. "invalid_grant"),
     `code` the number of an /api error envelope (e.g. 13), `status` the HTTP status
     Netatmo answered with (None if it did not answer), `timeout` whether we gave up
-    waiting. The message is safe to show: it never holds a token or a secret.
+    waiting, `elsewhere` whether nothing answered at an --api-url that is not
+    Netatmo's own. The message is safe to show: it never holds a token or a secret.
     """
 
-    def __init__(self, message, status=None, error=None, code=None, timeout=False):
+    def __init__(self, message, status=None, error=None, code=None, timeout=False,
+                 elsewhere=False):
         Exception.__init__(self, message)
         self.message = message
         self.status = status
         self.error = error
         self.code = code
         self.timeout = timeout
+        self.elsewhere = elsewhere
 
     @property
     def rate_limited(self):
@@ -627,7 +688,8 @@ class NetatmoClient(object):
             self.trace_api_get(name + query, access_token, started, error=error)
             raise
         self.trace_api_get(name + query, access_token, started, body=answer["body"])
-        return answer["body"]
+        # A body that is a list (seen nowhere, and documented nowhere) lists nothing.
+        return answer["body"] if isinstance(answer["body"], dict) else {}
 
     def trace_token_request(self, form, started, tokens=None, error=None):
         """--trace: step (d), a POST to the token endpoint and what came back."""
@@ -699,9 +761,16 @@ class NetatmoClient(object):
             reason = getattr(e, "reason", e)
             timed_out = isinstance(reason, socket.timeout) or "timed out" in str(reason)
             log.warning("netatmo %s %s failed: %s", method, path, reason)
-            raise NetatmoError("Netatmo did not answer within %g seconds." % self.config.timeout
-                               if timed_out else "Netatmo could not be reached (%s)."
-                               % reason, timeout=timed_out)
+            if timed_out:
+                raise NetatmoError("Netatmo did not answer within %g seconds."
+                                   % self.config.timeout, timeout=True)
+            if self.config.api_url != DEFAULT_API_URL and isinstance(
+                    reason, (ConnectionRefusedError, socket.gaierror)):  # nothing there
+                raise NetatmoError("Netatmo could not be reached at --api-url %s (%s): it is "
+                                   "not Netatmo's own address, and nothing answers there; "
+                                   "check --api-url or NETATMO_API_URL."
+                                   % (self.config.api_url, reason), elsewhere=True)
+            raise NetatmoError("Netatmo could not be reached (%s)." % reason)
         finally:
             if status is not None:
                 log.info("netatmo %s %s -> %d in %.0f ms", method, path, status,
@@ -1196,8 +1265,9 @@ def status_problems(homes_body, statuses):
     """Return what keeps the status of some homes' devices unknown, home by home.
 
     Each is {"home_id", "home", "reason", "message"}: reason "not_answering" (a
-    gateway does not answer: its devices are offline) or "failed" (the homestatus
-    call failed: the home's devices are listed, their status unknown).
+    gateway does not answer: its devices are offline), "failed" (the homestatus
+    call failed: the home's devices are listed, their status unknown) or "no_status"
+    (the answer holds no module's status: an empty answer is not "all fine").
     """
     problems = []
     names = {str(h.get("id")): h for h in listed((homes_body or {}).get("homes"))}
@@ -1219,6 +1289,12 @@ def status_problems(homes_body, statuses):
                                         "and so is every device it bridges (%d in all)."
                                         % (name, labels,
                                            len(bridged_by(modules, gateways)))})
+        elif not listed((status.get("home") if isinstance(status.get("home"), dict)
+                         else {}).get("modules")):
+            problems.append({"home_id": home_id, "home": name, "reason": "no_status",
+                             "message": "The status of home %s is unknown: Netatmo's "
+                                        "answer holds the status of none of its devices."
+                                        % name})
     return problems
 
 
@@ -1247,27 +1323,34 @@ class Logins(object):
         self.used = OrderedDict()  # nonce -> when its cookie expires, oldest first
         self.lock = threading.Lock()
 
-    def start(self):
-        """Return (cookie value, nonce) for a new login: nonce.issued.signature."""
+    def start(self, owner=False):
+        """Return (cookie value, nonce) for a new login: nonce.issued.signature.
+
+        An owner's login (begun at the address printed in the terminal) is signed
+        for another purpose than anyone else's: it alone may write --token-file.
+        """
         nonce = secrets.token_urlsafe(16)  # 128 bits
         signed = "%s.%d" % (nonce, self.clock())
-        return signed + "." + self.mac("cookie", signed), nonce
+        return signed + "." + self.mac("owner" if owner else "cookie", signed), nonce
 
     def check(self, cookie):
-        """Return (nonce, None) for a login cookie signed here less than ttl ago,
-        else (None, what is wrong with it)."""
+        """Return (nonce, owner, None) for a login cookie signed here less than ttl ago,
+        else (None, False, what is wrong with it)."""
         if not cookie:
-            return None, "missing"
+            return None, False, "missing"
         parts = cookie.split(".")
         if len(parts) != 3 or not digits(parts[1]):
-            return None, "not one of ours (malformed)"
+            return None, False, "not one of ours (malformed)"
         signed = parts[0] + "." + parts[1]
-        if not hmac.compare_digest(parts[2].encode(), self.mac("cookie", signed).encode()):
-            return None, "its signature does not match (tampered, or signed before a restart)"
+        owner = hmac.compare_digest(parts[2].encode(), self.mac("owner", signed).encode())
+        if not owner and not hmac.compare_digest(parts[2].encode(),
+                                                 self.mac("cookie", signed).encode()):
+            return None, False, ("its signature does not match (tampered, or signed before "
+                                 "a restart)")
         age = self.clock() - int(parts[1])
         if not 0 <= age <= self.ttl:
-            return None, "older than 10 minutes"
-        return parts[0], None
+            return None, False, "older than 10 minutes"
+        return parts[0], owner, None
 
     def state(self, nonce):
         """Return the login's `state`: 43 characters derived from the nonce."""
@@ -1311,13 +1394,19 @@ class LoginExpired(Exception):
     """Netatmo no longer honours this session's refresh token: log in again."""
 
 
-class NotSaved(Exception):
-    """A refresh worked, but --token-file could not take the new pair (in `tokens`)."""
+class NotKept(Exception):
+    """--token-file could not keep the login; the message says why and what to do.
 
-    def __init__(self, tokens, error):
-        Exception.__init__(self, "cannot write the new tokens: %s"
-                           % (getattr(error, "strerror", None) or error))
+    Either its lock could not be had (`busy`: another program held it past the wait;
+    else the lock file itself is wrong), and nothing was refreshed: the pair in the
+    file is alive. Or a refresh worked but the file could not take the new pair
+    (`tokens`): the file now holds a used refresh token, and the next run needs a login.
+    """
+
+    def __init__(self, message, tokens=None, busy=False):
+        Exception.__init__(self, message)
         self.tokens = tokens
+        self.busy = busy
 
 
 DeviceList = namedtuple("DeviceList", "devices not_granted status_problems fetched_at")
@@ -1326,7 +1415,7 @@ DeviceList = namedtuple("DeviceList", "devices not_granted status_problems fetch
 class Session(object):
     """A logged-in browser: its tokens, its cached device list, and their locks."""
     __slots__ = ("tokens", "last_seen", "lock", "device_list", "fetch_lock", "token_file",
-                 "must_save", "home_ids")
+                 "not_kept", "home_ids")
 
     # Refresh this many seconds before the access token runs out.
     refresh_margin = 60
@@ -1338,7 +1427,7 @@ class Session(object):
         self.device_list = None             # the last DeviceList fetched
         self.fetch_lock = threading.Lock()  # one fetch at a time
         self.token_file = None   # --token-file, when this session's pair is the file's
-        self.must_save = False   # a pair that cannot be saved fails the refresh (--once)
+        self.not_kept = None     # why the file lost this session's pair, if it did
         self.home_ids = []       # the homes with modules that homesdata named last
 
     def devices(self, fetch, max_age):
@@ -1391,17 +1480,22 @@ class Session(object):
 
         The file is shared with other programs (a cron job, a script): its lock makes
         one refresh at a time among all of them, and a pair one of them rotated is
-        taken from the file instead of being refreshed again.
+        taken from the file instead of being refreshed again. Without the lock there
+        is no refresh at all (NotKept goes up): refreshing anyway would retire the
+        refresh token the file holds, and log out every program that shares it.
+        A new pair the file cannot take is used all the same, said loudly, and this
+        session no longer writes the file.
         """
         if self.token_file is None:
             return renewed(client, tokens)
         try:
             return self.token_file.refresh(client, tokens, self.refresh_margin)
-        except (NotSaved, ConfigError) as e:
-            if self.must_save:
+        except NotKept as e:
+            if e.tokens is None:
                 raise
-            log.error("--token-file was not updated: %s", e)
-            return e.tokens if isinstance(e, NotSaved) else renewed(client, tokens)
+            log.error("%s", e)
+            self.not_kept, self.token_file = str(e), None
+            return e.tokens
 
     def api_get(self, client, name, params=()):
         """Return the body of /api/<name>; on code 2 or 3, refresh once and retry.
@@ -1536,7 +1630,7 @@ def fetch_device_list(session, client, requested_scopes):
         elif error is not None:
             raise error
         else:
-            bodies[name] = body if isinstance(body, dict) else {}
+            bodies[name] = body
     homes = home_ids(bodies.get("homesdata"))
     statuses = dict(zip(known, results[len(calls):]))
     later = [home_id for home_id in homes if home_id not in statuses]
@@ -1588,22 +1682,14 @@ class TokenFile(object):
 
         Raise ConfigError for a file that is unreadable, corrupt, not a regular file,
         another user's or readable by other users, or not a token file at all (we
-        will not overwrite someone else's file). It is opened without following a
-        symlink, and without waiting: a FIFO planted there cannot hang the start.
+        will not overwrite someone else's file).
         """
         try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
-                         | getattr(os, "O_NONBLOCK", 0))
+            fd = open_own_file(self.path, os.O_RDONLY, "--token-file")
         except FileNotFoundError:
             return None
-        except OSError as e:
-            raise ConfigError("cannot read --token-file %r: %s" % (self.path, e.strerror))
         with os.fdopen(fd, "rb") as f:
-            info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise ConfigError("--token-file %r is not a regular file; name a file "
-                                  "of your own" % self.path)
-            problem = not_private(info)
+            problem = not_private(os.fstat(f.fileno()))
             if problem:
                 raise ConfigError("--token-file %r %s; it holds your Netatmo login: %s"
                                   % (self.path, problem[0], problem[1]))
@@ -1669,7 +1755,10 @@ class TokenFile(object):
         get invalid_grant. The lock is held for the refresh and its write only.
         """
         with self.locked():
-            saved = self.load()
+            try:
+                saved = self.load()
+            except ConfigError as e:  # changed meanwhile: not ours to overwrite
+                raise NotKept(str(e))
             if saved is not None and saved.refresh_token != tokens.refresh_token:
                 if saved.expires_at is None or saved.expires_at - time.time() > margin:
                     log.info("took the pair another program refreshed, from --token-file")
@@ -1685,7 +1774,10 @@ class TokenFile(object):
             try:
                 self.save(new)
             except OSError as e:
-                raise NotSaved(new, e)
+                raise NotKept("the login was refreshed, but %s could not take the new pair "
+                              "(%s): the file now holds a used refresh token, and the next "
+                              "run that reads it needs a login in the browser"
+                              % (self.path, e.strerror or e), tokens=new)
             return new
 
     def locked(self):
@@ -1702,7 +1794,8 @@ class TokenFile(object):
                                 dir=os.path.dirname(self.path))
 
     def check_writable(self):
-        """Raise ConfigError unless a file can be created in the file's folder now."""
+        """Raise ConfigError unless a file can be created in the file's folder now,
+        and PATH.lock, if it is there, is a file of the running user."""
         try:
             fd, probe = self.temporary_file()
             os.close(fd)
@@ -1711,6 +1804,10 @@ class TokenFile(object):
             raise ConfigError("cannot write --token-file %r: its folder %r is missing or "
                               "not writable (%s)" % (self.path, os.path.dirname(self.path),
                                                      e.strerror or e))
+        try:
+            os.close(open_own_file(self.path + ".lock", os.O_RDONLY, "the lock file"))
+        except FileNotFoundError:
+            pass
 
 
 # File permissions and locks differ by platform; what follows holds the difference.
@@ -1724,7 +1821,12 @@ except ImportError:  # Windows
 
 
 class FileLock(object):
-    """An exclusive lock on a file, for a `with` block, given up after `wait` seconds."""
+    """An exclusive lock on a file, for a `with` block, given up after `wait` seconds.
+
+    The lock file is checked as the token file is: a symlink, or a file that is not
+    the running user's, is refused. In a shared folder another user could create
+    PATH.lock first, and hold every run of this person's for ever.
+    """
 
     def __init__(self, path, wait):
         self.path = path
@@ -1733,16 +1835,17 @@ class FileLock(object):
 
     def __enter__(self):
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT
-                              | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        except OSError as e:
-            raise ConfigError("cannot open the lock file %s: %s" % (self.path, e.strerror))
+            self.fd = open_own_file(self.path, os.O_RDWR | os.O_CREAT, "the lock file")
+        except (OSError, ConfigError) as e:
+            raise NotKept(str(e) if isinstance(e, ConfigError) else "cannot open the lock "
+                          "file %r: %s" % (self.path, e.strerror or e))
         deadline = time.time() + self.wait
         while not self.try_lock():
             if time.time() > deadline:
                 os.close(self.fd)
-                raise ConfigError("another program has held %s for %g s; if none should, "
-                                  "try again" % (self.path, self.wait))
+                raise NotKept("another program is renewing this login: it has held %s for "
+                              "%g s; try again in a minute (if no other program should, "
+                              "check what holds it)" % (self.path, self.wait), busy=True)
             time.sleep(0.05)  # flock cannot wait with a deadline; polling can
         return self
 
@@ -1764,18 +1867,46 @@ class FileLock(object):
         return False
 
 
+def open_own_file(path, flags, what):
+    """Return a descriptor of path: a regular file of the running user, never a link.
+
+    It is opened without following a symlink, and without waiting: a FIFO planted
+    there cannot hang us. Raise FileNotFoundError if there is none, ConfigError
+    naming the file and what to do for anything else that is wrong.
+    """
+    if os.path.islink(path):  # O_NOFOLLOW's error would only say "too many levels"
+        raise ConfigError("%s %r is a symbolic link, refused on purpose: it could point at "
+                          "another user's file; name the file itself" % (what, path))
+    try:
+        fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_NONBLOCK", 0), 0o600)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ConfigError("cannot open %s %r: %s" % (what, path, e.strerror or e))
+    info = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = "%s %r is not a regular file; name a file of your own" % (what, path)
+    elif hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+        problem = ("%s %r belongs to another user; name a --token-file in a folder of your "
+                   "own, not a shared one such as /tmp" % (what, path))
+    if problem:
+        os.close(fd)
+        raise ConfigError(problem)
+    return fd
+
+
 def not_private(info):
     """Return (what is wrong, what to do) if a file's owner or mode is not private.
 
-    On POSIX systems the file must be the running user's and not readable by
-    others: root must not adopt another user's login, and a login readable by all
-    is no longer private. Windows has no such mode bits; a file in the user's
-    profile is protected by its folder's access control list instead.
+    On POSIX systems the file must not be readable by others (open_own_file saw
+    that it is the running user's: root must not adopt another user's login): a
+    login readable by all is no longer private. Windows has no such mode bits; a
+    file in the user's profile is protected by its folder's access control list.
     """
     if not hasattr(os, "geteuid"):
         return None
-    if info.st_uid != os.geteuid():
-        return ("belongs to another user", "name a file of your own")
     if info.st_mode & 0o077:
         return ("can be read by other users", "chmod 600 it, or delete it and log in again")
     return None
@@ -1980,8 +2111,9 @@ def device_list_json(found):
 
 def error_page(error):
     """Return the page of a PageError: what happened, and a way on."""
-    return page(error.title, "<p>%s</p>\n<p><a class=\"button\" href=\"%s\">%s</a></p>"
-                % (escape(error.explanation), escape(error.link), escape(error.link_text)))
+    return page(error.title, "<p>%s</p>\n<p>%s<a class=\"button\" href=\"%s\">%s</a></p>"
+                % (escape(error.explanation), button(*error.form) + " " if error.form else "",
+                   escape(error.link), escape(error.link_text)))
 
 
 # ---- The HTTP handler ----------------------------------------------------------
@@ -1990,7 +2122,7 @@ class PageError(Exception):
     """Stop handling a request and answer with this status and explanation."""
 
     def __init__(self, status, title, explanation, link="/", link_text="Back to the start",
-                 error="error", headers=(), exit_status=None):
+                 error="error", headers=(), exit_status=None, form=None):
         Exception.__init__(self, title)
         self.status = status
         self.title = title
@@ -2000,9 +2132,22 @@ class PageError(Exception):
         self.error = error      # the short name /devices.json answers with
         self.headers = headers
         self.exit_status = exit_status  # with --once: how the run ends (None: it goes on)
+        self.form = form        # (action, label) of a button that POSTs, before the link
 
 
-def login_again(status, title, explanation, error="login_failed", exit_status=1):
+def not_kept_page(error, logged_in=False):
+    """Return the PageError for a login --token-file could not keep: 503, never lost."""
+    return PageError(503, "Another program is renewing this login" if error.busy else
+                     "The login in --token-file could not be kept",
+                     "%s%s.%s" % (str(error)[:1].upper(), str(error)[1:], " This browser is "
+                                  "logged in all the same." if logged_in else ""),
+                     *(("/devices", "Show my devices") if logged_in else ()),
+                     error="not_kept", headers=(("Retry-After", "60"),) if error.busy else (),
+                     exit_status=Exit.NOT_KEPT)
+
+
+def login_again(status, title, explanation, error="login_failed",
+                exit_status=Exit.LOGIN_FAILED):
     """Return a PageError whose way on is a fresh login."""
     return PageError(status, title, explanation, "/login", "Log in again", error,
                      exit_status=exit_status)
@@ -2029,25 +2174,22 @@ def page_error_for(error):
                          "Netatmo allows each user about 50 calls per 10 seconds and 500 "
                          "per hour, and says that limit was reached. Try again later; after "
                          "a heavy burst it can take an hour.", error="rate_limited",
-                         headers=(("Retry-After", "600"),), exit_status=4)
+                         headers=(("Retry-After", "600"),), exit_status=Exit.NETATMO_FAILED)
     if error.error == "invalid_client":
         return PageError(502, "Netatmo refused this app's credentials",
                          "The client id or client secret is wrong. Check them against "
                          "dev.netatmo.com. A new app can take a few minutes to be accepted.",
-                         error="invalid_client", exit_status=2)
+                         error="invalid_client", exit_status=Exit.BAD_SETTING)
+    if error.elsewhere:
+        return PageError(502, "Nothing answers at --api-url", error.message,
+                         error="netatmo_failed", exit_status=Exit.NETATMO_FAILED)
     if error.timeout:
         return PageError(504, "Netatmo did not answer in time",
                          "%s Netatmo may be slow or down; try again in a minute." % error.message,
-                         error="netatmo_timeout", exit_status=4)
+                         error="netatmo_timeout", exit_status=Exit.NETATMO_FAILED)
     return PageError(502, "Netatmo failed",
                      "The failing side is Netatmo's: %s Try again in a minute." % error.message,
-                     error="netatmo_failed", exit_status=4)
-
-
-# Control characters, and the backslash, as http.server's log writes them.
-CONTROL_CHARACTERS = dict((c, "\\x%02x" % c)
-                          for c in list(range(0x20)) + list(range(0x7f, 0xa0)))
-CONTROL_CHARACTERS[ord("\\")] = "\\\\"
+                     error="netatmo_failed", exit_status=Exit.NETATMO_FAILED)
 
 
 class CappedHead(object):
@@ -2095,7 +2237,7 @@ class Handler(BaseHTTPRequestHandler):
     routes = {
         "/": {"GET": "show_home"},
         "/login": {"GET": "login"},
-        "/authenticate": {"GET": "authenticate"},
+        "/authenticate": {"GET": "authenticate", "POST": "cancel_login"},
         "/devices": {"GET": "show_devices", "POST": "fetch_again"},
         "/devices.json": {"GET": "devices_json"},
         "/refresh": {"POST": "force_refresh"},
@@ -2165,6 +2307,8 @@ class Handler(BaseHTTPRequestHandler):
             getattr(self, name)()
         except NetatmoError as error:
             self.dispatch_error(page_error_for(error))
+        except NotKept as error:
+            self.dispatch_error(not_kept_page(error))
         except PageError as error:
             self.dispatch_error(error)
         except OSError:  # the browser hung up while we answered
@@ -2172,8 +2316,9 @@ class Handler(BaseHTTPRequestHandler):
         except Exception:  # a bug of ours: say so, and leave its traceback in the log
             log.exception("internal error on %s %s", self.command, path)
             self.close_connection = True
-            self.send_error_page(PageError(500, "Internal error", "Something went wrong "
-                                           "in this program; its log says what."))
+            self.dispatch_error(PageError(500, "Internal error", "Something went wrong in "
+                                          "this program; its log says what.",
+                                          exit_status=Exit.LOGIN_FAILED))
 
     do_GET = do_HEAD = do_POST = dispatch
 
@@ -2204,33 +2349,42 @@ class Handler(BaseHTTPRequestHandler):
         """GET /login: (a) receive the authorization request, (b) redirect to Netatmo."""
         config = self.server.config
         key = self.server.login_key
-        if key is not None and not hmac.compare_digest(
-                (one(urllib.parse.parse_qs(self.query), "k") or "").encode(), key.encode()):
+        given = one(urllib.parse.parse_qs(self.query), "k")
+        owner = key is not None and given is not None and hmac.compare_digest(
+            given.encode(), key.encode())
+        if (config.terminal or given is not None) and not owner:
             raise PageError(403, "Open the address printed in the terminal",
-                            "This program waits for one login, from the address it "
-                            "printed in the terminal that started it (/login?k=...). "
-                            "Copy that whole address into the browser.")
+                            "This program lets one login, or the login it saves for "
+                            "scripts, start only at the address it printed in the terminal "
+                            "that started it (/login?k=...). Copy that whole address into "
+                            "the browser.")
         host = self.headers.get("Host")
         if host and not same_origin(config.redirect_uri, host):
-            # The cookie we set here must come back on the redirect URI's origin.
-            self.redirect(302, config.origin + self.server.login_path())
+            # The cookie we set here must come back on the redirect URI's origin. The
+            # printed address is on that origin; the key never goes into a redirect.
+            if owner:
+                raise PageError(400, "Open the address printed in the terminal",
+                                "It begins with %s, the origin of the redirect URI: the "
+                                "login must start there." % config.origin)
+            self.redirect(302, config.origin + "/login")
             return
         # (a) Receive the authorization request: a new login, kept in a signed cookie.
         # The session cookie, if any, is left alone: a link to /login from another
         # site must not log the person out. Only a login that succeeds replaces it.
         logins = self.server.logins
-        cookie, nonce = logins.start()
+        cookie, nonce = logins.start(owner)
+        state = logins.state(nonce)
+        verifier = logins.code_verifier(nonce) if config.pkce else None
+        challenge = verifier and code_challenge(verifier)
+        if self.server.trace is not None:  # told before the answer, which moves on
+            self.trace_login(cookie, state, challenge)
         self.set_cookie(self.server.config.login_cookie_name, cookie, "/authenticate",
                         logins.ttl)
         # (b) Redirect the browser to Netatmo's consent page.
-        verifier = logins.code_verifier(nonce) if config.pkce else None
-        challenge = verifier and code_challenge(verifier)
-        self.redirect(302, self.server.netatmo.authorize_url(logins.state(nonce), challenge))
-        if self.server.trace is not None:
-            self.trace_login(cookie, logins.state(nonce), challenge)
+        self.redirect(302, self.server.netatmo.authorize_url(state, challenge))
 
     def trace_login(self, cookie, state, challenge):
-        """--trace: steps (a) and (b), as GET /login answered them."""
+        """--trace: steps (a) and (b), as GET /login answers them."""
         config, trace = self.server.config, self.server.trace
         trace.step("a", [
             "GET /login from %s" % self.client_address[0],
@@ -2255,22 +2409,31 @@ class Handler(BaseHTTPRequestHandler):
         # the login cookie must be signed here, younger than 10 minutes, and the
         # state derived from its nonce. This is what stops a forged callback.
         logins = self.server.logins
-        nonce, problem = logins.check(self.single_cookie(self.server.config.login_cookie_name))
+        nonce, owner, problem = logins.check(self.single_cookie(
+            self.server.config.login_cookie_name))
         state = one(params, "state")
         matches = nonce is not None and state is not None and hmac.compare_digest(
             state.encode(), logins.state(nonce).encode())
         error, code = one(params, "error"), one(params, "code")
-        if error is not None and nonce is not None and (state is None or matches):
-            # Netatmo's "no" (Netatmo may send it without the state): this person's.
-            self.trace_callback(code, state, problem, matches,
-                                "Netatmo's answer: error=%s" % error_name(error))
+        if error is not None and nonce is not None and state is None:
+            self.trace_callback(code, state, problem, matches, "Netatmo's error=%s came "
+                                "without a state: it may be Netatmo's, or a link from "
+                                "another site; the person decides, nothing ends"
+                                % error_name(error))
+            raise self.authorize_error(error, one(params, "error_description"), owner,
+                                       final=False)
+        if error is not None and matches:  # Netatmo's "no" to this person's login
+            self.trace_callback(code, state, problem, matches, "Netatmo's error=%s came "
+                                "with this login's state: the login ends" % error_name(error))
             self.expire_cookie(self.server.config.login_cookie_name, "/authenticate")
-            raise self.authorize_error(error, one(params, "error_description"))
+            raise self.authorize_error(error, one(params, "error_description"), owner)
         valid = error is None and bool(code) and matches
         first_use = valid and logins.use(nonce)
         self.trace_callback(code, state, problem, matches, "accepted: on to step (d)"
-                            if first_use else "refused: 400, and nothing sent to Netatmo",
-                            used=valid and not first_use)
+                            if first_use else "refused: 400, and nothing sent to Netatmo"
+                            if error is None else "Netatmo's error=%s is not this login's "
+                            "answer (no login cookie, or another state): refused, nothing "
+                            "ends" % error_name(error), used=valid and not first_use)
         if not first_use:
             raise login_again(400, "This login link is not valid",
                               "It was already used, it expired (a login must be finished "
@@ -2290,8 +2453,14 @@ class Handler(BaseHTTPRequestHandler):
         if old_sid:  # a new login replaces the browser's old one
             self.server.sessions.delete(old_sid)
         sid, session = self.server.sessions.create(tokens)
-        self.server.keep_tokens(session)
+        not_kept = None
+        if owner and self.server.config.token_file is not None:
+            try:
+                self.server.keep_tokens(session)
+            except NotKept as e:
+                not_kept = e
         self.set_cookie(self.server.config.cookie_name, sid)
+        self.expire_cookie(self.server.config.login_cookie_name, "/authenticate")
         if self.server.trace is not None:
             self.server.trace.step("d", [
                 "-> Set-Cookie: %s=<a new random session id: %s>; HttpOnly; SameSite=Lax"
@@ -2300,20 +2469,33 @@ class Handler(BaseHTTPRequestHandler):
                 % self.server.config.login_cookie_name],
                 "the tokens stay in this server's memory: the browser holds only an id "
                 "that means nothing to anyone else, and a new one at each login")
-        self.expire_cookie(self.server.config.login_cookie_name, "/authenticate")
-        if self.server.outcome is not None and self.server.config.print_token:
-            self.send_html(200, page("Done", "<p>The terminal has your access token. You "
-                                             "may close this tab.</p>"))
-            self.server.outcome.finish(0, tokens=session.tokens)
+        if self.server.outcome is not None:  # the terminal gets the token or the devices
+            found = None if self.server.config.print_token else self.device_list(sid, session)
+            self.send_html(200, page("Done", "<p>The terminal has %s. You may close this "
+                                             "tab.</p>" % ("your access token" if found is None
+                                                           else "the list of your %d devices"
+                                                           % len(found.devices))))
+            not_kept = not_kept or session.not_kept
+            self.server.outcome.finish(Exit.NOT_KEPT if not_kept else Exit.DONE,
+                                       not_kept and str(not_kept), found, session.tokens)
             return
-        if self.server.outcome is not None:  # --once: the terminal gets the devices
-            found = self.device_list(sid, session)
-            self.send_html(200, page("Done", "<p>The terminal has the list of your %d "
-                                             "devices. You may close this tab.</p>"
-                                     % len(found.devices)))
-            self.server.outcome.finish(0, device_list=found)
-            return
+        if not_kept is not None:  # this browser is logged in; the file kept its login
+            raise not_kept_page(not_kept, logged_in=True)
         self.redirect(303, "/devices")
+
+    def cancel_login(self):
+        """POST /authenticate: the person cancels the login that Netatmo's answer named."""
+        logins = self.server.logins
+        nonce, _, problem = logins.check(self.single_cookie(
+            self.server.config.login_cookie_name))
+        if nonce is None or not logins.use(nonce):
+            raise login_again(400, "There is no login to cancel",
+                              "This browser has no login in progress here (%s)." % (
+                                  problem or "it was used already"), exit_status=None)
+        self.expire_cookie(self.server.config.login_cookie_name, "/authenticate")
+        raise PageError(200, "Login cancelled", "This login is over; nothing was sent to "
+                        "Netatmo.", "/", "Back to the start", error="cancelled",
+                        exit_status=Exit.LOGIN_FAILED)
 
     def trace_callback(self, code, state, problem, matches, outcome, used=False):
         """--trace: step (c), the callback and each of its checks."""
@@ -2325,30 +2507,44 @@ class Handler(BaseHTTPRequestHandler):
                "absent" if state is None else hidden(state)),
             "login cookie: %s" % ("signed by this run, younger than 10 minutes"
                                   if problem is None else problem),
-            "state: %s" % ("matches the login cookie" + (", but was used already"
-                                                         if used else "")
+            "state: %s" % ("absent" if state is None else "matches the login cookie"
+                           + (", but was used already" if used else "")
                            if matches else "does not match the login cookie"),
             "-> " + outcome],
             "the state must match the signed login cookie, once: this is what stops a "
             "forged or replayed callback")
 
-    def authorize_error(self, error, description=None):
-        """Return the PageError for an error Netatmo sent back instead of a code."""
+    def authorize_error(self, error, description, owner, final=True):
+        """Return the PageError for an error Netatmo sent back instead of a code.
+
+        A final one ends the login (and a terminal run). One that came without the
+        state may be a forged link: the page asks the person, and ends nothing.
+        """
+        again = self.server.login_path(owner)
         if error == "access_denied":
-            return PageError(403, "You declined",
-                             "You did not allow this program to read your Netatmo devices, "
-                             "so it has nothing to show.", "/login", "Try again",
-                             error="access_denied", exit_status=1)
-        name = error_name(error)
-        cause = AUTHORIZE_ERRORS.get(error, "Check this program's settings against your app "
-                                            "at dev.netatmo.com.")
-        said = ' It said: "%s".' % description[:200] if description else ""
-        # A redirect URI or client id that Netatmo refuses is a setting to fix: status 2.
-        return login_again(400, "Netatmo refused the login",
-                           "Netatmo answered %s.%s %s" % (name, said, cause),
-                           error="authorize_error",
-                           exit_status=2 if error in ("redirect_uri_mismatch",
-                                                      "invalid_client") else 1)
+            title, explanation, status = ("You declined", "You did not allow this program "
+                                          "to read your Netatmo devices, so it has nothing "
+                                          "to show.", Exit.LOGIN_FAILED)
+        else:
+            cause = AUTHORIZE_ERRORS.get(error, "Check this program's settings against your "
+                                                "app at dev.netatmo.com.")
+            said = ' It said: "%s".' % description[:200] if description else ""
+            title, explanation = ("Netatmo refused the login",
+                                  "Netatmo answered %s.%s %s" % (error_name(error), said,
+                                                                 cause))
+            # A redirect URI or client id that Netatmo refuses is a setting to fix.
+            status = Exit.BAD_SETTING if error in ("redirect_uri_mismatch",
+                                                   "invalid_client") else Exit.LOGIN_FAILED
+        if final:
+            return PageError(403 if error == "access_denied" else 400, title, explanation,
+                             again, "Try again" if error == "access_denied" else "Log in again",
+                             error="access_denied" if error == "access_denied"
+                             else "authorize_error", exit_status=status)
+        return PageError(403 if error == "access_denied" else 400, title, explanation + (
+            " This answer came without the login's state, so this program cannot tell it "
+            "from a link on another site. If it was your answer, cancel this login; if not, "
+            "try again."), again, "Try again", error="unconfirmed_refusal",
+            form=("/authenticate", "Cancel this login"))
 
     def show_devices(self):
         """GET /devices: (e) retrieve the devices and output them as a page."""
@@ -2589,13 +2785,13 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):
         """Log through `logging`, dropping anything after a "?" that could be a query.
 
-        Control characters are written as \\xNN, as http.server does since 3.12: a
-        request line with terminal escapes cannot recolour or rewrite the log.
+        The log's formatter writes control characters as \\xNN, as http.server does
+        since 3.12: a request line with terminal escapes cannot recolour or rewrite it.
         """
         message = format % args
         if "?" in message:
             message = message.split("?", 1)[0] + "?[query dropped]"
-        log.info("%s %s", self.address_string(), message.translate(CONTROL_CHARACTERS))
+        log.info("%s %s", self.address_string(), message)
 
 
 def error_name(error):
@@ -2648,13 +2844,15 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
         self.connections = {}    # client address -> its open connections
         self.connections_lock = threading.Lock()
         self.next_refusal_log = 0
-        # --once: the login URL printed in the terminal carries this secret, and only
-        # a browser that has it may log in: not another user of this host first.
-        self.login_key = secrets.token_urlsafe(24) if config.terminal else None
+        # The login URL printed in the terminal carries this secret. In the terminal
+        # modes only a browser that has it may log in (not another user of this host
+        # first); with --token-file only a login begun there writes the file.
+        self.login_key = secrets.token_urlsafe(24) if config.terminal or config.token_file \
+            else None
 
-    def login_path(self):
-        """Return the path of /login, with the --once secret when there is one."""
-        return "/login" + ("?k=" + self.login_key if self.login_key else "")
+    def login_path(self, owner=True):
+        """Return the path of /login, with the owner's key for the owner's login."""
+        return "/login" + ("?k=" + self.login_key if owner and self.login_key else "")
 
     def process_request(self, request, client_address):
         """Serve a new connection in a thread of its own, unless a cap is reached."""
@@ -2720,25 +2918,24 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
             log.exception("internal error serving %s", client_address[0])
 
     def keep_tokens(self, session):
-        """--token-file: save this session's tokens now, and after each of its refreshes.
+        """--token-file: save the owner's new login now, and after each of its refreshes.
 
-        The last login owns the file: an older session's refreshes no longer write it.
+        The owner's last login owns the file: an older session's refreshes no longer
+        write it. If the file cannot take the new pair (its lock is held past the
+        wait, a full disk), it keeps the pair it held, which stays alive: NotKept.
         """
         token_file = self.config.token_file
-        if token_file is None:
-            return
-        with self.token_lock:
-            if self.token_owner is not None:
-                self.token_owner.token_file = None
-            self.token_owner = session
-            session.token_file = token_file
         try:
             with token_file.locked():  # not in the middle of another program's refresh
                 token_file.save(session.tokens)
-        except (OSError, ConfigError) as e:
-            raise PageError(500, "Cannot save the tokens", "Writing --token-file failed (%s); "
-                            "the login worked, but the file was not updated."
-                            % (getattr(e, "strerror", None) or e), exit_status=2)
+                with self.token_lock:
+                    if self.token_owner is not None:
+                        self.token_owner.token_file = None
+                    self.token_owner = session
+                    session.token_file = token_file
+        except OSError as e:
+            raise NotKept("this login could not be saved in %s (%s); the file keeps the "
+                          "login it held" % (token_file.path, e.strerror or e))
 
     def finish_request(self, request, client_address):
         """Serve one connection; with --certfile, first the TLS handshake, in its thread."""
@@ -2830,7 +3027,11 @@ class Outcome(object):
         self.tokens = None
 
     def finish(self, status, message=None, device_list=None, tokens=None):
-        """Record the end of the run, once; later calls change nothing."""
+        """Record the end of the run, once; later calls change nothing.
+
+        tokens (and with --once, device_list) come with a login that worked: they
+        are printed, whatever the status.
+        """
         with self.lock:
             if self.done.is_set():
                 return
@@ -2842,42 +3043,37 @@ class Outcome(object):
 def run_terminal(config, server, saved):
     """--once or --print-token: log in (from the saved tokens, else in a browser), print.
 
-    Return the exit status: 0 done, 1 declined or login failed, 2 bad setting,
-    3 no login within --wait, 4 Netatmo failed, 130 Ctrl-C.
+    Return the exit status (the table is Exit's).
     """
     if saved is not None:
         status = from_saved_login(config, server, saved)
         if status is not None:
             return status
     elif config.no_browser:
-        return fail(1, "no saved login in %s: run once without --no-browser to log in"
-                    % (config.token_file.path if config.token_file else "--token-file"))
+        return fail(Exit.LOGIN_FAILED, "no saved login in %s: run once without "
+                    "--no-browser to log in" % config.token_file.path)
     login_url = config.origin + server.login_path()
     # Poll for shutdown every 0.1 s (not 0.5): the run ends soon after the login.
     thread = threading.Thread(target=server.serve_forever, args=(0.1,))
     thread.start()
     try:
-        sys.stderr.write("netatmo_stdlib: open %s in a browser to log in (waiting up to "
-                         "%g s)\nnetatmo_stdlib: the redirect URI registered for the app must "
-                         "be %s\n" % (login_url, config.wait, config.redirect_uri))
+        say("open %s in a browser to log in (waiting up to %g s)" % (login_url, config.wait))
+        say("the redirect URI registered for the app must be %s" % config.redirect_uri)
         if config.open_browser:
             open_browser(login_url)
         if not server.outcome.done.wait(config.wait):
-            return fail(3, "no login was completed within %g s (--wait)" % config.wait)
+            return fail(Exit.NO_LOGIN, "no login was completed within %g s (--wait)"
+                        % config.wait)
     except KeyboardInterrupt:
-        return fail(130, "interrupted")
+        return fail(Exit.INTERRUPTED, "interrupted")
     finally:
         server.shutdown()
         server.server_close()
         thread.join()
     outcome = server.outcome
-    if outcome.status != 0:
+    if outcome.tokens is None:  # no login: nothing to print
         return fail(outcome.status, outcome.message)
-    if config.print_token:
-        print_token(outcome.tokens, config.json_output)
-    else:
-        print_devices(outcome.device_list, config.json_output)
-    return 0
+    return print_outcome(config, outcome.tokens, outcome.device_list, outcome.message)
 
 
 def from_saved_login(config, server, saved):
@@ -2890,7 +3086,7 @@ def from_saved_login(config, server, saved):
     back to a login in the browser.
     """
     session = Session(saved, time.time())
-    session.token_file, session.must_save = config.token_file, True
+    session.token_file = config.token_file
     if server.trace is not None:
         left = None if saved.expires_at is None else saved.expires_at - time.time()
         server.trace.step("d", [
@@ -2906,32 +3102,39 @@ def from_saved_login(config, server, saved):
         session.access_token(server.netatmo)  # refreshes now only if it must
         found = None if config.print_token else fetch_device_list(session, server.netatmo,
                                                                    config.scopes)
-    except NotSaved as e:
-        return fail(2, "the saved login was refreshed but the new tokens could not be "
-                    "written to %s (%s); fix the file's folder and log in again"
-                    % (config.token_file.path, e))
-    except ConfigError as e:
-        return fail(2, str(e))
+    except NotKept as e:  # the lock: nothing was refreshed, the saved pair lives
+        return fail(Exit.NOT_KEPT, str(e))
     except LoginExpired:
         message = ("the saved login in %s expired or was used elsewhere (Netatmo allows "
                    "each refresh token once)" % config.token_file.path)
         if config.no_browser:
-            return fail(1, message)
-        sys.stderr.write("netatmo_stdlib: %s; log in again in the browser\n" % message)
+            return fail(Exit.LOGIN_FAILED, message)
+        say("%s; log in again in the browser" % message)
         return None
     except NetatmoError as e:
         error = page_error_for(e)
         return fail(error.exit_status, "%s. %s" % (error.title, error.explanation))
+    return print_outcome(config, session.tokens, found, session.not_kept)
+
+
+def print_outcome(config, tokens, found, not_kept=None):
+    """Print the access token or the devices; return the exit status.
+
+    What was fetched is printed even when --token-file could not keep the login:
+    the run then says so, and exits 6.
+    """
     if config.print_token:
-        print_token(session.tokens, config.json_output)
+        print_token(tokens, config.json_output)
     else:
         print_devices(found, config.json_output)
-    return 0
+    if not_kept:
+        return fail(Exit.NOT_KEPT, not_kept)
+    return Exit.DONE
 
 
 def fail(status, message):
     """Say on stderr why the run ends; return its exit status."""
-    sys.stderr.write("netatmo_stdlib: %s\n" % message)
+    say(message)
     return status
 
 
@@ -2989,8 +3192,7 @@ def open_browser(url):
     except Exception:  # webbrowser can fail in many ways on a headless host
         opened = False
     if not opened:
-        sys.stderr.write("netatmo_stdlib: no browser to open here; open the address "
-                         "yourself\n")
+        say("no browser to open here; open the address yourself")
 
 
 # ---- The command line ----------------------------------------------------------
@@ -2999,8 +3201,10 @@ def main(argv=None, environ=None):
     """Serve until Ctrl-C, or run --once; return the exit status (2: a bad setting)."""
     argv = sys.argv[1:] if argv is None else argv
     terminal = "--once" in argv or "--print-token" in argv
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter("%(asctime)s %(message)s"))
     logging.basicConfig(level=logging.WARNING if terminal else logging.INFO,
-                        format="%(asctime)s %(message)s", stream=sys.stderr)
+                        handlers=[handler])
     try:
         config = read_config(argv, os.environ if environ is None else environ)
         saved = config.token_file.load() if config.token_file else None
@@ -3011,14 +3215,17 @@ def main(argv=None, environ=None):
                               "--host" % (config.host, config.port,
                                           getattr(e, "strerror", None) or e))
     except ConfigError as e:
-        sys.stderr.write("netatmo_stdlib: error: %s\n" % e)
-        return 2
+        say("error: %s" % e)
+        return Exit.BAD_SETTING
     if config.terminal:
         return run_terminal(config, server, saved)
     url = config.local_url("/")
     print("netatmo_stdlib: open %s in a browser" % url)
     print("netatmo_stdlib: the redirect URI to register at %s is %s"
           % (APPS_PAGE, config.redirect_uri), flush=True)
+    if config.token_file:
+        print("netatmo_stdlib: to save your login in %s for scripts, log in from %s"
+              % (config.token_file.path, config.origin + server.login_path()), flush=True)
     if config.open_browser:
         open_browser(url)
     try:

@@ -13,11 +13,14 @@ the buttons grey, not blue.
 
 import json
 import os
+import shutil
 import struct
+import tempfile
 import unittest
 import urllib.parse
 import zlib
 
+import netatmo_stdlib
 from tests.chromium import CHROMIUM, Chromium
 from tests.support import AppTestCase, HERE
 
@@ -171,6 +174,41 @@ class BrowserTest(AppTestCase):
                         for label in labels if (title, label) not in self.clicked)
         self.assertEqual(missed, [])
         self.assertNoTraceback()
+
+    def test_a_refusal_without_state_asks_the_person_and_each_button_works(self):
+        self.fake.refuse_without_state = True  # Netatmo may leave the state out
+        chromium = self.chromium
+        chromium.open(self.url + "/")
+        self.click("Log in with Netatmo", "/oauth2/authorize")
+        self.click("No, I refuse", "/authenticate")
+        self.assertIn("cannot tell it from a link on another site", chromium.text())
+        self.click("Try again", "/oauth2/authorize")  # a new login, at Netatmo again
+        self.click("No, I refuse", "/authenticate")
+        self.click("Cancel this login", "/authenticate")
+        self.assertEqual(self.title(), "Login cancelled")
+        self.click("Back to the start", "/")
+        self.assertIn("Log in with Netatmo", chromium.text())
+        self.assertEqual(self.fake.token_requests(), [])
+        for title in ("You declined", "Login cancelled"):
+            self.assertEqual(self.seen[title], {label for t, label in self.clicked
+                                                if t == title})
+
+    def test_a_login_the_token_file_cannot_keep_says_so_and_leads_on(self):
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        path = os.path.join(folder, "tokens.json")
+        server = self.start_app(token_file=path, api_url=self.fake_site)
+        server.config.token_file.lock_wait = 0.3
+        url = "http://127.0.0.1:%d" % server.server_address[1]
+        self.fake.register_redirect_uri(server.config.redirect_uri)
+        with netatmo_stdlib.FileLock(path + ".lock", 1):  # another program holds it
+            self.chromium.open(url + server.login_path())
+            self.chromium.select("select[name=user]", "alice")
+            self.click("Yes, I accept", "/authenticate")
+            self.assertEqual(self.title(), "Another program is renewing this login")
+        self.click("Show my devices", "/devices")
+        self.assertIn("73 devices", self.chromium.text())
+        self.assertFalse(os.path.exists(path))
 
     def test_a_form_on_another_site_cannot_log_a_person_out(self):
         self.chromium.open(self.url + "/")

@@ -108,6 +108,38 @@ def hostile_account():
     }
 
 
+# What a hostile account puts into its strings to drive a terminal: ESC sequences that
+# retitle the window (OSC 0), fill the clipboard (OSC 52) and clear the screen, a BEL,
+# a carriage return that rewrites the line, and a C1 control (CSI, 0x9B).
+TERMINAL_ATTACK = "\x1b]0;pwned\x07\x1b]52;c;cHduZWQ=\x07\r\x9b31m\x1b[2J"
+
+
+def with_terminal_attack(value):
+    """Return value with TERMINAL_ATTACK added to every string in it (keys aside)."""
+    if isinstance(value, str):
+        return value + TERMINAL_ATTACK
+    if isinstance(value, list):
+        return [with_terminal_attack(v) for v in value]
+    if isinstance(value, dict):
+        return {k: with_terminal_attack(v) for k, v in value.items()}
+    return value
+
+
+def terminal_attack_account():
+    """Return mallory's account: alice's, with TERMINAL_ATTACK in every string.
+
+    Ids too: homestatus is keyed by the home ids as they are served, and names a
+    gateway (code 6) by an id that carries the attack.
+    """
+    alice = default_users()["alice"]
+    account = {path: with_terminal_attack(body) for path, body in alice.items()
+               if path != "/api/homestatus"}
+    account["/api/homestatus"] = {with_terminal_attack(home_id): dict(
+        with_terminal_attack(body), errors=[{"code": 6, "id": "gateway" + TERMINAL_ATTACK}])
+        for home_id, body in alice["/api/homestatus"].items()}
+    return account
+
+
 def generated_account(count):
     """Return an account of `count` devices in homes of 1,000, with their status."""
     types = ["NAPlug", "NATherm1", "NRV", "NLP", "NLF", "NLV", "NACamera", "NSD"]
@@ -214,6 +246,10 @@ class FakeNetatmo(object):
         self.rate_limits = ((50, 10), (500, 3600))  # (calls, seconds) per user
         self.withheld_scopes = set()   # scopes the person unticks at the consent page
         self.refuse_pkce = False       # answer invalid_request to a code_challenge
+        self.refuse_without_state = False  # a refusal leaves the state out (undocumented)
+        self.refusal_description = None    # the error_description of refusals, if any
+        self.refresh_gate = None       # an Event: refreshes wait for it (refresh_waiting)
+        self.refresh_waiting = threading.Event()
         self.odd_scopes = []           # names added to the scope of token answers
         self.scope_format = "list"     # how /oauth2/token writes scope: list, string, none
         self.lifetime_fields = ("expires_in", "expire_in")  # Netatmo sends both
@@ -278,6 +314,7 @@ class FakeNetatmo(object):
         """Make the next `times` requests to path fail with this kind of fault.
 
         Kinds: "500_html", "non_json", "reset", "hang", "slow", "no_body", "no_token",
+        "bad_status_line" (no HTTP status line, terminal escapes instead),
         "rate_limit" (429 code 26), "rate_limit_403" (the older 403 code 26),
         "too_many_connections", "invalid_grant", "invalid_client", "scope" (403 code 13),
         "redirect" (302 to /elsewhere), "huge" (9 MB, with its length), "endless" (9 MB
@@ -367,8 +404,9 @@ class FakeNetatmo(object):
                              error_description="code_challenge is not supported")
         if decision is None:
             return 200, {}, consent_page(params, sorted(self.users))
-        if decision == "deny":
-            return self.back(redirect_uri, error="access_denied")
+        if decision == "deny":  # RFC 6749 sends the state back; Netatmo may not
+            return self.back(redirect_uri, error="access_denied",
+                             state=None if self.refuse_without_state else state)
         if decision not in self.users:
             return 400, {}, page("Unknown user", "No such user at the fake Netatmo.")
         requested = params.get("scope", "read_station").split(" ")
@@ -383,6 +421,8 @@ class FakeNetatmo(object):
 
     def back(self, redirect_uri, **params):
         """Return the way back to the redirect URI with these parameters."""
+        if "error" in params and self.refusal_description is not None:
+            params["error_description"] = self.refusal_description
         query = urllib.parse.urlencode([(k, v) for k, v in params.items() if v is not None])
         sep = "&" if "?" in redirect_uri else "?"
         if self.approve_from_page:  # navigates while it is parsed, before it has loaded
@@ -408,6 +448,13 @@ class FakeNetatmo(object):
                     return 400, {"error": "invalid_grant"}
                 return 200, self.issue(grant.user, grant.client_id, grant.scope)
             if grant_type == "refresh_token":
+                if self.refresh_gate is not None:  # a test acts while the refresh waits
+                    self.refresh_waiting.set()
+                    self.lock.release()
+                    try:
+                        self.refresh_gate.wait(30)
+                    finally:
+                        self.lock.acquire()
                 refresh_token = form.get("refresh_token", "")
                 grant = self.refresh_tokens.pop(refresh_token, None)
                 if grant is None:
@@ -661,6 +708,10 @@ class FakeHandler(BaseHTTPRequestHandler):
             return True
         if isinstance(kind, tuple) and kind[0] == "status":
             self.answer_json(kind[1], kind[2])
+            return True
+        if kind == "bad_status_line":  # not HTTP at all, with terminal escapes in it
+            self.close_connection = True
+            self.wfile.write(TERMINAL_ATTACK.encode("latin-1") + b" garbage\r\n\r\n")
             return True
         if kind == "redirect":
             self.answer(302, b"", "text/plain", {"Location": fake.url + "/elsewhere"})

@@ -191,3 +191,73 @@ def problems_with(answer, must_answer):
         if raw in body:
             found.append("input reflected unescaped: %r" % raw)
     return found
+
+
+# ---- Answers: what Netatmo sends back, of any shape ----------------------------
+# The fuzzer above attacks the app from the browser's side; this one from Netatmo's.
+# Each case takes a real answer (tests/fixtures) and swaps one of its nodes, at any
+# depth, the envelope included, for a value of another JSON type, or sends an empty
+# body, or none.
+
+NOT_A_NUMBER = float("nan")
+ODD_VALUES = [
+    None, True, False, 0, -1, 1.5, 1e308, -1e308, 10 ** 30, NOT_A_NUMBER, float("inf"),
+    "", "text\x1b]0;x\x07\r\x9b", "x" * 5000, [], {}, [{}], [None], {"": []},
+]
+
+
+def nested(depth):
+    """Return a list nested depth deep: deep, yet within what json.loads takes."""
+    value = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def node_paths(value, path=()):
+    """Return the path (keys and indexes) of every node of a JSON value, itself too."""
+    paths = [path]
+    if isinstance(value, dict):
+        for key, child in value.items():
+            paths += node_paths(child, path + (key,))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            paths += node_paths(child, path + (index,))
+    return paths
+
+
+def swapped(value, path, new):
+    """Return a copy of value with the node at path replaced by new."""
+    if not path:
+        return new
+    copy = list(value) if isinstance(value, list) else dict(value)
+    copy[path[0]] = swapped(value[path[0]], path[1:], new)
+    return copy
+
+
+def mutated_answers(seed, count, answers):
+    """Yield (endpoint path, answer, what was done) for count mutated real answers.
+
+    answers maps an endpoint's path to its whole real answer ({"body": ...,
+    "status": "ok", ...}). A third of the cases swap a node near the top (the
+    envelope, the body, a list of homes or devices), the others any node.
+    """
+    rng = random.Random(seed)
+    endpoints = sorted(answers)
+    paths = {endpoint: node_paths(answers[endpoint]) for endpoint in endpoints}
+    for _ in range(count):
+        endpoint = rng.choice(endpoints)
+        answer = answers[endpoint]
+        roll = rng.random()
+        if roll < 0.03:
+            yield endpoint, {"status": "ok", "body": {}}, "an empty body"
+            continue
+        if roll < 0.06:
+            yield endpoint, {"status": "ok", "time_server": 1559171003}, "no body"
+            continue
+        near_top = [p for p in paths[endpoint] if len(p) <= 3]
+        path = rng.choice(near_top if roll < 0.35 else paths[endpoint])
+        new = nested(rng.choice([50, 500])) if rng.random() < 0.05 else \
+            rng.choice(ODD_VALUES)
+        yield endpoint, swapped(answer, path, new), "%s at %s" % (
+            type(new).__name__, "/".join(str(p) for p in path) or "the root")

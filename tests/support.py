@@ -83,12 +83,13 @@ class LogCapture(logging.Handler):
 
     def __init__(self):
         logging.Handler.__init__(self, logging.DEBUG)
+        self.setFormatter(netatmo_stdlib.LogFormatter("%(message)s"))  # as main() logs
         self.lines = []
         self.lock_ = threading.Lock()
 
     def emit(self, record):
         with self.lock_:
-            self.lines.append(record.getMessage())
+            self.lines.append(self.format(record))
 
     def text(self):
         """Return everything logged so far, one line per record."""

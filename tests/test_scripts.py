@@ -68,7 +68,8 @@ class SharedFileTest(TokenFileCase):
         server = self.start_app(token_file=self.path)
         url = "http://127.0.0.1:%d" % server.server_address[1]
         browser = Browser()
-        self.assertEqual(browser.follow(url + "/login", approve_as="alice")[-1].status, 200)
+        self.assertEqual(browser.follow(url + server.login_path(), approve_as="alice")[-1]
+                         .status, 200)  # the owner's address, printed at start
         self.fake.expire_access_tokens()  # three hours later, the cron job runs
         status, out, err = OnceRun(self, "--token-file", self.path, "--no-browser").finish()
         self.assertEqual(status, 0, err)
@@ -87,7 +88,8 @@ class SharedFileTest(TokenFileCase):
         server = self.start_app(token_file=self.path)
         url = "http://127.0.0.1:%d" % server.server_address[1]
         browser = Browser()
-        self.assertEqual(browser.follow(url + "/login", approve_as="alice")[-1].status, 200)
+        self.assertEqual(browser.follow(url + server.login_path(), approve_as="alice")[-1]
+                         .status, 200)  # the owner's address, printed at start
         self.expire_saved()
         status, _, err = OnceRun(self, "--token-file", self.path, "--no-browser").finish()
         self.assertEqual(status, 0, err)

@@ -38,6 +38,11 @@ def client_hello():
 FILE_SIZE_CAP = ("import os, resource, sys; n = int(sys.argv.pop(1)); "
                  "resource.setrlimit(resource.RLIMIT_FSIZE, (n, n)); "
                  "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
+# Start the program giving up on the token file's lock after N seconds, not 60.
+LOCK_WAIT = ("import os, sys; wait = float(sys.argv.pop(1)); "
+             "sys.path.insert(0, os.path.dirname(sys.argv[1])); import netatmo_stdlib; "
+             "netatmo_stdlib.TokenFile.lock_wait = wait; "
+             "sys.exit(netatmo_stdlib.main(sys.argv[2:]))")
 
 
 class OnceRun(object):
@@ -46,11 +51,13 @@ class OnceRun(object):
     def __init__(self, test, *args, **env):
         self.test = test
         cap = env.pop("file_size_cap", None)
+        wait = env.pop("lock_wait", None)
         mode = env.pop("mode", "--once")
         environment = dict(os.environ, NETATMO_CLIENT_ID=CLIENT_ID,
                            NETATMO_CLIENT_SECRET=CLIENT_SECRET, PYTHONIOENCODING="utf-8")
         environment.update(env)
-        start = [sys.executable] + (["-c", FILE_SIZE_CAP, str(cap)] if cap else [])
+        start = [sys.executable] + (["-c", FILE_SIZE_CAP, str(cap)] if cap else []) + (
+            ["-c", LOCK_WAIT, str(wait)] if wait else [])
         self.process = subprocess.Popen(
             start + [PROGRAM, mode, "--port", "0", "--api-url", test.fake.url,
                      "--cache-seconds", "0"] + list(args),
@@ -325,17 +332,20 @@ class TokenFileTest(TokenFileCase):
         self.assertIn(self.saved()["refresh_token"], self.fake.refresh_tokens)
         self.assertNotEqual(self.saved()["refresh_token"], old)
 
-    def test_a_refreshed_pair_that_cannot_be_saved_ends_the_run(self):
+    def test_a_refreshed_pair_that_cannot_be_saved_is_said_and_the_devices_printed(self):
         self.browser_login()
         self.expire_saved()
-        device_calls = len(self.fake.requests_to("/api/homesdata"))
+        before = self.saved()
         # The folder takes new files, but not their content: a full disk, a quota.
-        status, out, err = OnceRun(self, "--token-file", self.path,
+        status, out, err = OnceRun(self, "--token-file", self.path, "--json",
                                    file_size_cap=64).finish()
-        self.assertEqual((status, out), (2, ""))
-        self.assertIn("could not be written", err)
+        self.assertEqual(status, 6, err)
+        self.assertEqual(len(json.loads(out)["devices"]), 73)  # fetched with the new pair
+        self.assertIn("could not take the new pair", err)
+        self.assertIn("the file now holds a used refresh token, and the next run that reads "
+                      "it needs a login", err)
         self.assertEqual(len(self.fake.token_requests("refresh_token")), 1)
-        self.assertEqual(len(self.fake.requests_to("/api/homesdata")), device_calls)
+        self.assertEqual(self.saved(), before)
 
     def test_refresh_token_used_elsewhere(self):
         self.browser_login()
@@ -486,7 +496,8 @@ class TokenFileTest(TokenFileCase):
         server = self.start_app(token_file=self.path)
         url = "http://127.0.0.1:%d" % server.server_address[1]
         browser = Browser()
-        self.assertEqual(browser.follow(url + "/login", approve_as="alice")[-1].status, 200)
+        self.assertEqual(browser.follow(url + server.login_path(), approve_as="alice")[-1]
+                         .status, 200)  # the owner's address, printed at start
         first = self.saved()["refresh_token"]
         inode = os.stat(self.path).st_ino
         browser.post(url + "/refresh")
@@ -495,12 +506,13 @@ class TokenFileTest(TokenFileCase):
         self.assertIn(self.saved()["refresh_token"], self.fake.refresh_tokens)
         self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
 
-    def test_the_last_login_owns_the_file(self):
+    def test_the_owners_last_login_owns_the_file(self):
         server = self.start_app(token_file=self.path)
         url = "http://127.0.0.1:%d" % server.server_address[1]
         older, newer = Browser(), Browser()
-        self.assertEqual(older.follow(url + "/login", approve_as="alice")[-1].status, 200)
-        self.assertEqual(newer.follow(url + "/login", approve_as="carol")[-1].status, 200)
+        owners = url + server.login_path()  # the owner's address, printed at start
+        self.assertEqual(older.follow(owners, approve_as="alice")[-1].status, 200)
+        self.assertEqual(newer.follow(owners, approve_as="carol")[-1].status, 200)
         carols = self.saved()
         self.assertEqual(older.post(url + "/refresh").status, 303)  # the older session
         self.assertEqual(self.saved(), carols)
