@@ -262,6 +262,7 @@ class FakeNetatmo(object):
         self.access_tokens = {}
         self.refresh_tokens = {}
         self.access_of_refresh = {}    # refresh token -> the access token issued with it
+        self.issued = []               # every (access token, refresh token) it issued
         self.retired_refresh_tokens = set()
         self.api_calls = {}            # user -> [times], for the rate limits
         self.api_call_count = 0
@@ -478,6 +479,7 @@ class FakeNetatmo(object):
         self.access_tokens[access_token] = Grant(user, client_id, list(scope), expires_at)
         self.refresh_tokens[refresh_token] = Grant(user, client_id, list(scope), None)
         self.access_of_refresh[refresh_token] = access_token
+        self.issued.append((access_token, refresh_token))
         answer = {"access_token": access_token, "refresh_token": refresh_token}
         answer.update((field, self.expires_in) for field in self.lifetime_fields)
         if self.scope_format == "list":

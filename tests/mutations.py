@@ -351,6 +351,13 @@ MUTATIONS = [
     ("--once lets anyone on the host log in",
      'if (config.terminal or given is not None) and not owner:', 'if False:',
      [TERMINAL + "OnceTest"]),
+    # -- what only Netatmo may see never reaches the browser (issue 21) --
+    ("the login's state is its PKCE verifier: the verifier travels in the authorize URL",
+     'return self.mac("state", nonce)', 'return self.mac("code_verifier", nonce)',
+     ["tests.test_channels"]),
+    ("the access token is shown on a page",
+     'expiry = when(tokens.expires_at) if tokens.expires_at else "unknown"',
+     'expiry = tokens.access_token', ["tests.test_channels"]),
     # -- on a bad day nothing is lost and nothing leaks (issue 17) --
     ("a refresh without the file's lock, when it cannot be had",
      '            if e.tokens is None:\n                raise',

@@ -125,6 +125,7 @@ class Browser(object):
     def __init__(self):
         self.cookies = {}   # host -> {name: value}
         self.set_cookies = []  # every Set-Cookie header received, as sent
+        self.history = []   # every Response received, in order
 
     def request(self, method, url, headers=None, body=None):
         """Send one request with this browser's cookies; return the Response."""
@@ -145,6 +146,7 @@ class Browser(object):
             response = Response(connection.getresponse(), url)
         finally:
             connection.close()
+        self.history.append(response)
         for header in response.headers.get_all("Set-Cookie") or ():
             self.set_cookies.append(header)
             name, _, rest = header.partition("=")
