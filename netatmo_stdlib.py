@@ -106,19 +106,52 @@ DEVICE_ENDPOINTS = (
     ("gethomecoachsdata", "read_homecoach", "home coaches"),
 )
 
-# Netatmo's type codes and the product names people know them by.
+# Netatmo's type codes: who makes each product, and the name people know it by
+# (pyatmo's device table, MIT). An unknown code is shown as itself, maker unknown.
 PRODUCTS = {
-    "NAMain": "Weather Station", "NAModule1": "Outdoor Module",
-    "NAModule2": "Anemometer", "NAModule3": "Rain Gauge",
-    "NAModule4": "Indoor Module", "NHC": "Home Coach",
-    "NAPlug": "Relay", "NATherm1": "Thermostat", "NRV": "Valve",
-    "NAC": "AC Control", "OTH": "OpenTherm Gateway", "OTM": "OpenTherm Thermostat",
-    "BNS": "Smarther", "NACamera": "Indoor Camera", "NPC": "Indoor Camera Advance",
-    "NOC": "Outdoor Camera", "NDB": "Doorbell", "NSD": "Smoke Alarm",
-    "NCO": "CO Alarm", "NIS": "Siren", "NACamDoorTag": "Door/Window Sensor",
-    "NDL": "Door Lock", "NLG": "Gateway", "NLP": "Plug", "NLF": "Switch/Dimmer",
-    "NLV": "Shutter", "NLPC": "Energy Meter", "NBG": "Gateway",
-    "NBR": "Roller Shutter", "BNCX": "Internal Panel", "BNEU": "External Unit",
+    "NAMain": ("Netatmo", "Weather Station"), "NAModule1": ("Netatmo", "Outdoor Module"),
+    "NAModule2": ("Netatmo", "Anemometer"), "NAModule3": ("Netatmo", "Rain Gauge"),
+    "NAModule4": ("Netatmo", "Indoor Module"), "NHC": ("Netatmo", "Home Coach"),
+    "NAPlug": ("Netatmo", "Relay"), "NATherm1": ("Netatmo", "Thermostat"),
+    "NRV": ("Netatmo", "Valve"), "NAC": ("Netatmo", "AC Control"),
+    "OTH": ("Netatmo", "OpenTherm Gateway"), "OTM": ("Netatmo", "OpenTherm Thermostat"),
+    "NOC": ("Netatmo", "Outdoor Camera"), "NPC": ("Netatmo", "Indoor Camera Advance"),
+    "NACamera": ("Netatmo", "Indoor Camera"), "NSD": ("Netatmo", "Smoke Alarm"),
+    "NIS": ("Netatmo", "Siren"), "NACamDoorTag": ("Netatmo", "Door/Window Sensor"),
+    "NDB": ("Netatmo", "Doorbell"), "NCO": ("Netatmo", "CO Alarm"),
+    "NDL": ("Netatmo", "Door Lock"), "BNS": ("Smarther", "Smarther"),
+    "Z3L": ("third party", "Zigbee 3 light"), "Z3V": ("third party", "Zigbee 3 roller shutter"),
+    "EBU": ("third party", "EBU gas meter"), "NLPD": ("Drivia", "Dry contact"),
+    "TPSRS": ("Somfy", "io Shutter"), "NBG": ("Bubendorff", "Gateway"),
+    "NBR": ("Bubendorff", "Roller Shutter"), "NBO": ("Bubendorff", "Orientable Shutter"),
+    "NBS": ("Bubendorff", "Swing Shutter"), "NLG": ("Legrand", "Gateway"),
+    "NLGS": ("Legrand", "Gateway standalone"), "NLP": ("Legrand", "Plug"),
+    "NLPM": ("Legrand", "Mobile plug"), "NLPBS": ("Legrand", "British standard plugs"),
+    "NLF": ("Legrand", "Switch/Dimmer"),
+    "NLFE": ("Legrand", "2-wire light switch/dimmer evolution"),
+    "NLIS": ("Legrand", "Double switch"), "NLFN": ("Legrand", "Light switch/dimmer with "
+                                                              "neutral"),
+    "NLM": ("Legrand", "Light micro module"),
+    "NLL": ("Legrand", "Italian light switch with neutral"),
+    "NLLF": ("Legrand", "Centralized ventilation device"),
+    "NLV": ("Legrand/BTicino", "Shutter"),
+    "NLLV": ("Legrand/BTicino", "Shutters"), "NLLM": ("Legrand/BTicino", "Shutters"),
+    "NLPO": ("Legrand", "Connected contactor"), "NLPT": ("Legrand", "Connected latching relay"),
+    "NLPC": ("Legrand", "Energy Meter"), "NLE": ("Legrand", "Connected ecometer"),
+    "NLPS": ("Legrand", "Smart load shedder"), "NLC": ("Legrand", "Cable outlet"),
+    "NLT": ("Legrand", "Global remote control"),
+    "NLAS": ("Legrand", "Wireless batteryless scene switch"),
+    "NLD": ("Legrand", "Remote control"), "NLDD": ("Legrand", "Dimmer"),
+    "NLUP": ("Legrand", "Power outlet"), "NLUO": ("Legrand", "Plug-in dimmer switch"),
+    "NLUI": ("Legrand", "In-wall switch"), "NLTS": ("Legrand", "Motion sensor"),
+    "NLUF": ("Legrand", "In-wall dimmer"), "NLJ": ("Legrand", "Garage door opener"),
+    "BNCX": ("BTicino", "Internal Panel"), "BNEU": ("BTicino", "External Unit"),
+    "BNSL": ("BTicino", "Staircase Light"), "BNDL": ("BTicino", "Door Lock"),
+    "BNMS": ("BTicino", "Motorized Shade"), "BNAS": ("BTicino", "Automatic Shutter"),
+    "BNAB": ("BTicino", "Automatic Blind"), "BNMH": ("BTicino", "MyHome server 1"),
+    "BNTH": ("BTicino", "Thermostat"), "BNFC": ("BTicino", "Fan coil"),
+    "BNTR": ("BTicino", "Module towel rail"), "BNIL": ("BTicino", "Intelligent light"),
+    "BNLD": ("BTicino", "Dimmer"), "BNCS": ("BTicino", "Controlled socket"),
 }
 
 
@@ -511,11 +544,11 @@ def summary_of(path, body):
         return "%d homes, %d modules" % (len(homes), sum(len(listed(h.get("modules")))
                                                          for h in homes))
     if path.startswith("homestatus"):
-        home = body.get("home") if isinstance(body.get("home"), dict) else {}
+        home = home_of_status(body)
         silent = sorted(not_answering(body))
         return ("the status of %d modules and %d rooms" % (
             len(listed(home.get("modules"))), len(listed(home.get("rooms"))))
-            + ("; code 6: gateway %s does not answer" % ", ".join(silent) if silent else ""))
+            + ("; code 6: %s does not answer" % ", ".join(silent) if silent else ""))
     stations = listed(body.get("devices"))
     return "%d %s, %d modules" % (len(stations), "home coaches" if "homecoach" in path
                                   else "stations",
@@ -982,8 +1015,11 @@ DASHBOARD_READINGS = (
 )
 # The same in /api/homestatus, whose keys are lower case already.
 HOME_READINGS = ("temperature", "humidity", "co2", "noise", "pressure", "power")
-# Types that show their room's measured temperature and setpoint as their own.
+# Types that show their room's measured temperature and setpoint as their own,
+# and a room's readings in /api/homestatus: (Netatmo's name, ours).
 THERMOSTATS = ("NATherm1", "NRV", "OTM", "BNS")
+ROOM_READINGS = (("therm_measured_temperature", "temperature"),
+                 ("therm_setpoint_temperature", "setpoint"), ("humidity", "humidity"))
 BATTERY_WORDS = ("full", "high", "medium", "low", "very_low")
 # Signal numbers are "lower is stronger"; Netatmo's SDK names these thresholds.
 RADIO_SIGNAL = ((90, "low"), (80, "medium"), (70, "high"))     # below 70: full
@@ -992,14 +1028,17 @@ WIFI_SIGNAL = ((86, "low"), (71, "medium"), (56, "high"))      # below 56: full
 BATTERY_PERCENT = ((80, "full"), (50, "high"), (25, "medium"), (10, "low"))  # else very_low
 
 
-def device(device_id, name, type_code, home, room=None):
+def device(device_id, name, type_code, home, room=None, in_homesdata=False):
     """Return one row of the device list, in the shape of /devices.json, status unknown."""
     type_code = str(type_code) if type_code else ""
+    maker, product = PRODUCTS.get(type_code, (None, type_code or "unknown"))
     return {
         "id": "".join(str(device_id).split()),  # real ids carry stray spaces
         "name": str(name) if name else None,
         "type": type_code,
-        "product": PRODUCTS.get(type_code, type_code or "unknown"),
+        "product": product,
+        "maker": maker,
+        "in_homesdata": in_homesdata,
         "home": str(home) if home else None,
         "room": str(room) if room else None,
         "reachable": None,
@@ -1081,18 +1120,13 @@ def status_of_weather_module(module):
     return status
 
 
-def status_of_home_module(module, room, type_code):
-    """Return the status fields of a module in /api/homestatus, with its room's.
+def status_of_home_module(module):
+    """Return the status fields of a module in /api/homestatus.
 
-    A device with both a Wi-Fi and a radio link reports its Wi-Fi link. A
-    thermostat or a valve reads its room: the measured temperature and setpoint.
+    A device with both a Wi-Fi and a radio link reports its Wi-Fi link.
     """
     readings = {name: module[name] for name in HOME_READINGS
                 if finite(module.get(name)) is not None}
-    if type_code in THERMOSTATS and room:
-        readings.update(readings_of(room, (("therm_measured_temperature", "temperature"),
-                                           ("therm_setpoint_temperature", "setpoint"),
-                                           ("humidity", "humidity"))))
     battery = module.get("battery_state")
     return {
         "reachable": module.get("reachable") if isinstance(module.get("reachable"), bool)
@@ -1116,48 +1150,70 @@ def firmware_of(value):
 
 def not_answering(status):
     """Return the ids Netatmo names as not answering (code 6) in a homestatus body."""
-    return {str(e.get("id")) for e in listed(status.get("errors")) if e.get("code") == 6}
+    errors = status.get("errors") if isinstance(status, dict) else None
+    return {str(e.get("id")) for e in listed(errors) if e.get("code") == 6}
 
 
 def devices_of_homes(body, statuses):
     """Return the devices of a /api/homesdata body, with their status where known.
 
     statuses holds the /api/homestatus body of each home that answered. A module
-    that Netatmo names in the body's errors (code 6: the home's gateway does not
-    answer) is offline, and so is every module it bridges: the cloud cannot reach
-    them. Their other status fields stay unknown.
+    that only homestatus lists is a device too (an unreachable valve, say): it gets
+    a row with what homestatus says, and "in_homesdata": false. A module that
+    Netatmo names in the body's errors (code 6: it does not answer) is offline,
+    and so is every module it bridges: the cloud cannot reach them; their other
+    status fields stay unknown. The modules the same answer lists do answer.
     """
     rows = []
     for home in listed(body.get("homes")):
         modules = [m for m in listed(home.get("modules")) if m.get("id")]
         rooms = {str(r.get("id")): r for r in listed(home.get("rooms"))}
+        room_of = room_ids(home)
         status = statuses.get(str(home.get("id")))
-        status = status if isinstance(status, dict) else {}
-        live = listed((status.get("home") or {}).get("modules")) \
-            if isinstance(status.get("home"), dict) else []
-        live = {str(m.get("id")): m for m in live}
-        live_rooms = {str(r.get("id")): r for r in listed((status.get("home") or {})
-                                                          .get("rooms"))} \
-            if isinstance(status.get("home"), dict) else {}
-        offline = bridged_by(modules, not_answering(status))
+        live = {str(m["id"]): m for m in status_of_modules(status)}
+        live_rooms = {str(r.get("id")): r for r in listed(home_of_status(status).get("rooms"))}
+        listed_ids = {str(m["id"]) for m in modules}
+        only_live = [m for module_id, m in live.items() if module_id not in listed_ids]
+        offline = bridged_by(modules + only_live, not_answering(status))
         home_rows = []
-        for module in modules:
-            room_id = str(module.get("room_id"))
+        for module in modules + only_live:
+            module_id = str(module["id"])
+            room_id = room_of.get(module_id)
             row = device(module["id"], module.get("name"), module.get("type"),
-                         home.get("name"), rooms.get(room_id, {}).get("name"))
-            if str(module["id"]) in offline:
+                         home.get("name"), rooms.get(room_id, {}).get("name"),
+                         in_homesdata=module_id in listed_ids)
+            home_rows.append((module, row))
+            if module_id in offline:
                 row["reachable"] = False
-                home_rows.append((module, row))
                 continue
-            if str(module["id"]) in live:
-                row.update(status_of_home_module(live[str(module["id"])],
-                                                 live_rooms.get(room_id), row["type"]))
+            if module_id in live:
+                row.update(status_of_home_module(live[module_id]))
+            if row["type"] in THERMOSTATS:  # it reads its room, listed by homestatus or not
+                row["readings"].update(readings_of(live_rooms.get(room_id), ROOM_READINGS))
             if row["reachable"] is None and isinstance(module.get("reachable"), bool):
                 row["reachable"] = module["reachable"]  # some homesdata modules say it
-            home_rows.append((module, row))
         rows += [row for _, row in home_rows]
         reachable_bridges(home_rows, live)
     return rows
+
+
+def room_ids(home):
+    """Return {module id: room id} of a homesdata home, read both ways.
+
+    A module names its room in its own room_id, or a room lists it in module_ids:
+    real accounts fill one, the other, or both. Where both are there and differ,
+    room_id wins: it is the module's one answer, while module_ids lists are seen
+    stale in real answers (two modules that name Hall are missing from its list).
+    """
+    found = {}
+    for room in listed(home.get("rooms")):
+        if isinstance(room.get("module_ids"), list):
+            for module_id in room["module_ids"]:
+                found.setdefault(str(module_id), str(room.get("id")))
+    for module in listed(home.get("modules")):
+        if module.get("id") and module.get("room_id") is not None:
+            found[str(module["id"])] = str(module["room_id"])
+    return found
 
 
 def bridged_by(modules, gateways):
@@ -1264,10 +1320,14 @@ def home_ids(homes_body):
 def status_problems(homes_body, statuses):
     """Return what keeps the status of some homes' devices unknown, home by home.
 
-    Each is {"home_id", "home", "reason", "message"}: reason "not_answering" (a
-    gateway does not answer: its devices are offline), "failed" (the homestatus
-    call failed: the home's devices are listed, their status unknown) or "no_status"
-    (the answer holds no module's status: an empty answer is not "all fine").
+    Each is {"home_id", "home", "reason", "message"}, reason one of:
+    "not_answering": the home's gateway does not answer, and the answer holds no
+    module's status: its devices are offline. "some_not_answering": Netatmo names
+    modules that do not answer, and gives the status of the others: only the named
+    ones, and what they bridge, are offline; the home has its status, so /devices.json
+    does not list it in homes_without_status. "failed": the homestatus call failed:
+    the home's devices are listed, their status unknown. "no_status": the answer
+    holds no module's status, and no error: an empty answer is not "all fine".
     """
     problems = []
     names = {str(h.get("id")): h for h in listed((homes_body or {}).get("homes"))}
@@ -1279,23 +1339,37 @@ def status_problems(homes_body, statuses):
                              "message": "The status of home %s is unknown: %s"
                                         % (name, status.message)})
             continue
-        gateways = not_answering(status)
-        if gateways:
-            modules = [m for m in listed(home.get("modules")) if m.get("id")]
-            labels = ", ".join(sorted(str(m.get("name") or m["id"]) for m in modules
-                                      if str(m["id"]) in gateways) or gateways)
-            problems.append({"home_id": home_id, "home": name, "reason": "not_answering",
-                             "message": "Home %s does not answer: its gateway %s is offline, "
-                                        "and so is every device it bridges (%d in all)."
-                                        % (name, labels,
-                                           len(bridged_by(modules, gateways)))})
-        elif not listed((status.get("home") if isinstance(status.get("home"), dict)
-                         else {}).get("modules")):
+        live = status_of_modules(status)
+        silent = not_answering(status)
+        if silent:
+            modules = [m for m in listed(home.get("modules")) if m.get("id")] + live
+            labels = ", ".join(sorted(set(str(m.get("name") or m["id"]) for m in modules
+                                          if str(m["id"]) in silent)) or sorted(silent))
+            offline = len(bridged_by(modules, silent))
+            problems.append({"home_id": home_id, "home": name, "reason": "some_not_answering"
+                             if live else "not_answering", "message": (
+                                 "In home %s, Netatmo says %s does not answer: offline, and "
+                                 "so is every device it bridges (%d in all); the others "
+                                 "answer." if live else "Home %s does not answer: its "
+                                 "gateway %s is offline, and so is every device it bridges "
+                                 "(%d in all).") % (name, labels, offline)})
+        elif not live:
             problems.append({"home_id": home_id, "home": name, "reason": "no_status",
                              "message": "The status of home %s is unknown: Netatmo's "
                                         "answer holds the status of none of its devices."
                                         % name})
     return problems
+
+
+def home_of_status(status):
+    """Return the `home` of a homestatus body ({} if there is none): modules and rooms."""
+    home = status.get("home") if isinstance(status, dict) else None
+    return home if isinstance(home, dict) else {}
+
+
+def status_of_modules(status):
+    """Return the modules of a homestatus body that have an id (each with its status)."""
+    return [m for m in listed(home_of_status(status).get("modules")) if m.get("id")]
 
 
 # ---- Sessions ------------------------------------------------------------------
@@ -1409,7 +1483,7 @@ class NotKept(Exception):
         self.busy = busy
 
 
-DeviceList = namedtuple("DeviceList", "devices not_granted status_problems fetched_at")
+DeviceList = namedtuple("DeviceList", "devices not_granted status_problems failed fetched_at")
 
 
 class Session(object):
@@ -1610,6 +1684,11 @@ def fetch_device_list(session, client, requested_scopes):
     the session remembers them, and every later fetch sends all its calls at once.
     Status adds to the list and never takes it away: a homestatus call that fails
     leaves that home's devices listed, their status unknown, and says why.
+
+    Netatmo's backends fail one endpoint at a time: a product line that fails is
+    named in `failed`, and the lines that answered are listed. Only when every line
+    the token may read fails does the fetch fail (NetatmoError: the page's 502, 504
+    or 429).
     """
     granted = set(session.tokens.scope)
     calls = [(name, scope, line) for name, scope, line in DEVICE_ENDPOINTS
@@ -1623,15 +1702,19 @@ def fetch_device_list(session, client, requested_scopes):
     for _, error in results:
         if isinstance(error, LoginExpired):
             raise error
-    bodies = {}
+    bodies, failed = {}, []
     for (name, scope, line), (body, error) in zip(calls, results):
         if isinstance(error, NetatmoError) and error.code == 13:
             not_granted.append((scope, line))
+        elif isinstance(error, NetatmoError):
+            failed.append((name, line, error))
         elif error is not None:
-            raise error
+            raise error  # a bug of ours, or the token file's lock: not Netatmo's
         else:
             bodies[name] = body
-    homes = home_ids(bodies.get("homesdata"))
+    if failed and not bodies:  # every line that may be read failed: say why, as one
+        raise next((e for _, _, e in failed if e.rate_limited), failed[0][2])
+    homes = home_ids(bodies.get("homesdata")) if "homesdata" in bodies else known
     statuses = dict(zip(known, results[len(calls):]))
     later = [home_id for home_id in homes if home_id not in statuses]
     statuses.update(zip(later, client.in_parallel([home_status(session, client, home_id)
@@ -1644,9 +1727,12 @@ def fetch_device_list(session, client, requested_scopes):
             raise status
         if isinstance(status, Exception) and not isinstance(status, NetatmoError):
             raise status  # a bug of ours, not Netatmo's
+    if "homesdata" not in bodies:
+        statuses = {}  # no homes listed: their status has no device to go to
     return DeviceList(devices_of(bodies, statuses),
                       not_granted, status_problems(bodies.get("homesdata"), statuses),
-                      time.time())
+                      [{"endpoint": name, "product_line": line, "message": e.message}
+                       for name, line, e in failed], time.time())
 
 
 def home_status(session, client, home_id):
@@ -2000,6 +2086,8 @@ def devices_page(found):
                     for _, line in found.not_granted)
     notes += "".join('<p class="note">%s</p>\n' % escape(problem["message"])
                      for problem in found.status_problems)
+    notes += "".join('<p class="note warn">%s</p>\n' % escape(failure_line(failure))
+                     for failure in found.failed)
     notes += summary(devices)
     rows = "".join(device_row(d, now) for d in devices)
     count = "%d device%s" % (len(devices), "" if len(devices) == 1 else "s")
@@ -2102,11 +2190,26 @@ def battery_text(device_row, form="%s (%d %%)"):
 
 
 def device_list_json(found):
-    """Return a DeviceList as the document /devices.json and --json answer with."""
+    """Return a DeviceList as the document /devices.json and --json answer with.
+
+    A home where only some modules do not answer has its status: it is not among
+    homes_without_status (its silent modules are reachable: false). What Netatmo
+    said of a product line that failed is escaped as on stderr: a script that
+    prints it cannot drive a terminal either.
+    """
     return {"devices": found.devices,
             "not_granted": [scope for scope, _ in found.not_granted],
-            "homes_without_status": found.status_problems,
+            "homes_without_status": [p for p in found.status_problems
+                                     if p["reason"] != "some_not_answering"],
+            "failed": [dict(f, message=escaped(f["message"])) for f in found.failed],
             "fetched_at": int(found.fetched_at)}
+
+
+def failure_line(failure):
+    """Return the problem line of a product line that failed: which, and what Netatmo said."""
+    return "%s could not be listed now (/api/%s): %s The rest is listed; try again in a " \
+           "minute." % (failure["product_line"][:1].upper() + failure["product_line"][1:],
+                        failure["endpoint"], failure["message"])
 
 
 def error_page(error):
@@ -2585,8 +2688,9 @@ class Handler(BaseHTTPRequestHandler):
                 ("from this session's cache, fetched %s ago: no call to Netatmo"
                  % duration(asked - found.fetched_at)) if found.fetched_at < asked
                 else "merged into one row per device",
-                "-> %d devices (%d offline), %s" % (
+                "-> %d devices (%d offline)%s, %s" % (
                     len(found.devices), sum(d["reachable"] is False for d in found.devices),
+                    "".join("; %s failed" % f["endpoint"] for f in found.failed),
                     "to the terminal" if self.server.outcome is not None
                     else "as " + self.path.split("?", 1)[0])],
                 "Netatmo allows 50 calls per 10 seconds per user: a list is shown again "
@@ -3120,16 +3224,19 @@ def from_saved_login(config, server, saved):
 def print_outcome(config, tokens, found, not_kept=None):
     """Print the access token or the devices; return the exit status.
 
-    What was fetched is printed even when --token-file could not keep the login:
-    the run then says so, and exits 6.
+    What was fetched is printed even when --token-file could not keep the login
+    (the run then says so, and exits 6), or when some product lines failed (each
+    gets its line on stderr, and the run exits 5).
     """
     if config.print_token:
         print_token(tokens, config.json_output)
     else:
         print_devices(found, config.json_output)
+        for failure in found.failed:
+            say(failure_line(failure))
     if not_kept:
         return fail(Exit.NOT_KEPT, not_kept)
-    return Exit.DONE
+    return Exit.PARTIAL if found is not None and found.failed else Exit.DONE
 
 
 def fail(status, message):

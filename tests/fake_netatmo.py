@@ -327,6 +327,14 @@ class FakeNetatmo(object):
         with self.lock:
             self.faults.append([path, kind, times])
 
+    def serve_fixture(self, path, name, status=200, times=1):
+        """Answer the next `times` requests to path with a real answer, whole, as it is.
+
+        name is a file of tests/fixtures (its envelope too: an error, or no body).
+        """
+        with open(os.path.join(FIXTURES, name), encoding="utf-8") as f:
+            self.fail(path, ("status", status, json.load(f)), times)
+
     def clear_faults(self):
         """Forget the faults not injected yet."""
         with self.lock:

@@ -40,6 +40,7 @@ DEVICES = "tests.test_devices."
 TOKENS = "tests.test_tokens."
 SCRIPTS = "tests.test_scripts.SharedFileTest"
 BAD_DAYS = "tests.test_bad_days."
+REAL = "tests.test_real_accounts."
 MUTATIONS = [
     # -- state, PKCE and the signed login cookie --
     ("state is not checked against the login cookie",
@@ -211,7 +212,7 @@ MUTATIONS = [
      'if isinstance(status, LoginExpired):\n            raise status',
      'if isinstance(status, Exception):\n            raise status', [DEVICES + "StatusTest"]),
     ("a gateway that does not answer leaves its devices' status unknown, not offline",
-     'offline = bridged_by(modules, not_answering(status))', 'offline = set()',
+     'offline = bridged_by(modules + only_live, not_answering(status))', 'offline = set()',
      [DEVICES + "StatusTest"]),
     ("the modules a silent gateway bridges are not marked offline",
      '            ids.add(str(module["id"]))', '            pass', [DEVICES + "StatusTest"]),
@@ -219,7 +220,7 @@ MUTATIONS = [
      '            row["reachable"] = True', '            pass', [DEVICES + "StatusTest"]),
     ("two sources' status fields mixed, or the staler one kept",
      '        if fresher(row, seen):', '        if False:', [DEVICES + "StatusTest"]),
-    ("a thermostat does not read its room", 'if type_code in THERMOSTATS and room:',
+    ("a thermostat does not read its room", 'if row["type"] in THERMOSTATS:',
      'if False:', [DEVICES + "StatusTest"]),
     ("a device with Wi-Fi and radio reports its radio",
      '"signal": level(module.get("wifi_strength"), WIFI_SIGNAL, "full")\n'
@@ -351,6 +352,44 @@ MUTATIONS = [
     ("--once lets anyone on the host log in",
      'if (config.terminal or given is not None) and not owner:', 'if False:',
      [TERMINAL + "OnceTest"]),
+    # -- real accounts (issue 18) --
+    ("a room's module_ids is not read: a module there without room_id has no room",
+     'found.setdefault(str(module_id), str(room.get("id")))', 'pass', [REAL + "RoomsTest"]),
+    ("module_ids wins over the module's own room_id",
+     'found[str(module["id"])] = str(module["room_id"])',
+     'found.setdefault(str(module["id"]), str(module["room_id"]))', [REAL + "RoomsTest"]),
+    ("a module that only homestatus lists is dropped",
+     'only_live = [m for module_id, m in live.items() if module_id not in listed_ids]',
+     'only_live = []', [REAL + "StatusOnlyTest"]),
+    ("every row says it is in homesdata", 'in_homesdata=module_id in listed_ids)',
+     'in_homesdata=True)', [REAL + "StatusOnlyTest"]),
+    ("a valve that homestatus does not list does not read its room",
+     'if row["type"] in THERMOSTATS:', 'if row["type"] in THERMOSTATS and module_id in live:',
+     [REAL + "StatusOnlyTest"]),
+    ("a module that does not answer beside others' status makes the home 'without status'",
+     '"reason": "some_not_answering"\n                             if live else "not_answering"',
+     '"reason": "not_answering"', [REAL + "StatusInPartsTest"]),
+    ("one failing product line fails the whole page",
+     '        elif isinstance(error, NetatmoError):\n            failed.append((name, line, error))',
+     '        elif isinstance(error, NetatmoError):\n            raise error',
+     [REAL + "ProductLinesTest"]),
+    ("every product line failing is an empty list, not the page of a failure",
+     'if failed and not bodies:', 'if False:', [REAL + "ProductLinesTest"]),
+    ("--once exits 0 on a partial list",
+     'return Exit.PARTIAL if found is not None and found.failed else Exit.DONE',
+     'return Exit.DONE', [REAL + "ProductLinesTest"]),
+    ("--once says nothing on stderr of a product line that failed",
+     '            say(failure_line(failure))', '            pass', [REAL + "ProductLinesTest"]),
+    ("what Netatmo said of a failed line goes raw into /devices.json",
+     'dict(f, message=escaped(f["message"]))', 'dict(f)', [REAL + "ProductLinesTest"]),
+    ("the failed line's message unescaped on the page",
+     'escape(failure_line(failure))', '(failure_line(failure))', [REAL + "ProductLinesTest"]),
+    ("a failing homesdata forgets the home ids: the next page waits for it",
+     'if "homesdata" in bodies else known', 'if "homesdata" in bodies else []',
+     [REAL + "ProductLinesTest"]),
+    ("a type of section 6 is shown as its raw code",
+     '"NLE": ("Legrand", "Connected ecometer"),', '', [REAL + "ProductNamesTest"]),
+    ("no maker", '"maker": maker,', '"maker": None,', [REAL + "ProductNamesTest"]),
     # -- what only Netatmo may see never reaches the browser (issue 21) --
     ("the login's state is its PKCE verifier: the verifier travels in the authorize URL",
      'return self.mac("state", nonce)', 'return self.mac("code_verifier", nonce)',
@@ -394,12 +433,11 @@ MUTATIONS = [
     ("an --api-url where nothing answers is blamed on Netatmo",
      'if self.config.api_url != DEFAULT_API_URL and isinstance(',
      'if False and isinstance(', [BAD_DAYS + "NewcomerErrorsTest"]),
-    ("a homestatus body that is a list answers 500",
+    ("a body that is a list (homestatus, homesdata, stations) answers 500",
      'return answer["body"] if isinstance(answer["body"], dict) else {}',
      'return answer["body"]', [BAD_DAYS + "AnyAnswerTest"]),
     ("an empty homestatus looks like 'all fine'",
-     '        elif not listed((status.get("home")', '        elif False and not listed(('
-     'status.get("home")', [BAD_DAYS + "AnyAnswerTest"]),
+     '        elif not live:', '        elif False:', [BAD_DAYS + "AnyAnswerTest"]),
     ("the trace of (a) and (b) goes out after the redirect, as it once did",
      '            self.trace_login(cookie, state, challenge)\n'
      '        self.set_cookie(self.server.config.login_cookie_name, cookie, "/authenticate",\n'

@@ -27,6 +27,11 @@ PROGRAM = os.path.join(ROOT, "netatmo_stdlib.py")
 DRIVES_A_TERMINAL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
+def by_id_of(devices):
+    """Return the devices of /devices.json by id."""
+    return {d["id"]: d for d in devices}
+
+
 def query_of(url):
     """Return the query parameters of a URL, one value each."""
     return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
@@ -477,6 +482,12 @@ class AnyAnswerTest(TokenFileCase):
                 response = browser.get(self.url + path)
                 self.assertEqual(response.status, 200)
                 self.assertIn("The status of home MYHOME is unknown", response.text)
+        for endpoint in ("/api/homesdata", "/api/getstationsdata"):
+            with self.subTest(endpoint=endpoint):  # a list of what looks like devices
+                self.fake.fail(endpoint, ("body", [{"id": "x", "_id": "x", "type": "NRV"}]))
+                response = browser.get(self.url + "/devices.json")
+                self.assertEqual(response.status, 200)
+                self.assertNotIn("x", by_id_of(response.json()["devices"]))
         self.assertNoTraceback()
 
     def test_once_with_a_homestatus_body_that_is_a_list(self):

@@ -134,7 +134,7 @@ class OnceTest(AppTestCase):
         self.assertEqual(status, 0, err)
         answer = json.loads(out)
         self.assertEqual(set(answer), {"devices", "not_granted", "homes_without_status",
-                                       "fetched_at"})
+                                       "failed", "fetched_at"})
         self.assertEqual(len(answer["devices"]), 9)
 
     def test_device_names_cannot_drive_the_terminal(self):
@@ -326,7 +326,8 @@ class TokenFileTest(TokenFileCase):
         self.browser_login()
         self.expire_saved()
         old = self.saved()["refresh_token"]
-        self.fake.fail("/api/homesdata", "500_html")
+        for path in ("/api/homesdata", "/api/getstationsdata", "/api/gethomecoachsdata"):
+            self.fake.fail(path, "500_html")
         status, _, err = OnceRun(self, "--token-file", self.path).finish()
         self.assertEqual(status, 4, err)
         self.assertIn(self.saved()["refresh_token"], self.fake.refresh_tokens)

@@ -184,7 +184,8 @@ class LifetimeTest(AppTestCase):
 
     def test_older_403_code_26_is_a_rate_limit_too(self):
         browser, _ = self.login("alice")
-        self.fake.fail("/api/homesdata", "rate_limit_403")
+        for path in ("/api/homesdata", "/api/getstationsdata", "/api/gethomecoachsdata"):
+            self.fake.fail(path, "rate_limit_403")  # the limit is the user's: every line
         response = browser.get(self.url + "/devices")
         self.assertEqual(response.status, 429)
         self.assertIn("limit was reached", response.text)
