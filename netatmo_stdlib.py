@@ -4,46 +4,46 @@
 One file, standard library only, CPython 3.6 to 3.13. Run it, open the address it
 prints, log in at Netatmo, and it shows the devices of your account.
 
-How the OAuth2 authorization-code flow (RFC 6749, section 4.1) runs here:
+It is also a lesson. Part 1 is the OAuth2 authorization-code flow (RFC 6749, 4.1)
+in the order it happens, each line that does a step marked (a) to (e): the browser
+asks to log in (a) and is sent to Netatmo (b), where the person approves; Netatmo
+sends it back with a code (c), which counts only with the `state` of this browser's
+signed login cookie; we trade the code, with our client secret and the PKCE verifier,
+for tokens (d), which stay in memory under a new session id; and each page calls the
+device endpoints with `Authorization: Bearer` and lists one row per device (e).
+--trace tells each step as it happens, every secret hidden. --once and --print-token
+run the same flow in a terminal; --token-file keeps the login for scripts to share.
 
-(a) Receive the authorization request: the browser asks for GET /login. We start a
-    login and keep nothing of it: the browser holds it, in a cookie (netatmo_login)
-    with a random nonce and its time, signed with a key only this run knows. The
-    login's `state` and its PKCE `code_verifier` (RFC 7636) are derived from the
-    nonce under that key.
-(b) Redirect to Netatmo: a 302 to https://api.netatmo.com/oauth2/authorize with our
-    client_id, redirect_uri, scope, state and the verifier's S256 challenge. The person
-    logs in there and approves; we never see their password.
-(c) Receive the code: Netatmo sends the browser back to GET /authenticate?code=...&state=...
-    We accept the code only if the login cookie is signed by us, less than 10 minutes
-    old, not used before, and `state` is the one derived from its nonce.
-(d) Exchange the code for a token: we POST it, with our client secret, to
-    https://api.netatmo.com/oauth2/token and keep the access and refresh tokens in
-    memory, server-side, under a new session id. The browser only ever holds that id.
-(e) Retrieve and output the devices: GET /devices (HTML) and /devices.json call
-    /api/homesdata, /api/getstationsdata, /api/gethomecoachsdata and, for each
-    home, /api/homestatus with `Authorization: Bearer <access_token>`, concurrently,
-    on connections kept open from call to call, and merge what they list into one
-    row per device: what it is, whether it works, and what it reads.
+What this protects: the login against forged callbacks (state), the code against
+interception (PKCE), the tokens (never in a URL, a page or a log line), the session
+cookie (HttpOnly, SameSite=Lax, Secure over https). What it does not: it is a small
+teaching server, not a hardened production one. Use it on loopback; elsewhere serve
+TLS (--certfile, --keyfile) or put it behind a TLS-terminating proxy you trust.
 
-Run it with --trace to watch these steps happen, every secret hidden.
+The map of the file, one line per banner, in order. Part 2 follows the data: the
+settings, the wire, the tokens and their renewal, the login and session state that
+hold them, the file that shares them, the devices, the pages and the handler; then
+what tells it all on a terminal, and main().
 
-Access tokens last about 3 hours. We refresh them before they run out, one refresh
-at a time per session, because Netatmo rotates refresh tokens: each one works once.
-
-The same flow also runs in a terminal: --once waits for one login, prints the
-devices and exits; --print-token prints an access token, for scripts. --token-file
-keeps the tokens in a file (0600) that later runs, cron jobs and a web server can
-share: each uses the saved access token while it is good, and refreshes it under
-the file's lock, so that no two of them present the same refresh token.
-
-What this protects: the login against forged callbacks (state, bound to the
-browser by the signed login cookie), the code against
-interception (PKCE, where Netatmo honours it), the tokens (never in a URL, a page or
-a log line), the session cookie (HttpOnly, SameSite=Lax, Secure over https).
-What it does not: it is a small teaching server, not a hardened production one.
-Use it on loopback; elsewhere serve TLS (--certfile, --keyfile) or put it behind a
-TLS-terminating proxy you trust.
+Part 1, the flow
+    (a) Receive the authorization request    login(): a signed login cookie
+    (b) Redirect to Netatmo                  authorize_url(): the consent page
+    (c) Receive the code                     authenticate(): the state's check
+    (d) Exchange it for a token              exchange_code(), start_session()
+    (e) Retrieve and output the devices      show_devices(), fetch_device_list()
+Part 2, what makes it hold
+    Configuration                            settings read once, checked; exit statuses
+    Talking to Netatmo                       the wire: post_form(), get_json()
+    Refresh and rotation                     tokens refreshed in time, one at a time
+    The signed login state                   who may start a login; whose answer it is
+    Sessions                                 logged-in browsers, and the other routes
+    The token file                           one login shared with scripts, locked
+    Devices and their status                 the merge rules, rooms, the product table
+    Pages                                    HTML, every value escaped
+    The HTTP handler                         routing, reading, writing, error pages
+    The trace and the terminal               --trace, and what may reach a terminal
+    The terminal modes                       --once and --print-token
+    The command line                         main()
 """
 
 import argparse
@@ -73,11 +73,201 @@ __version__ = "1.0"
 
 log = logging.getLogger("netatmo_stdlib")
 
+# What the flow names: Netatmo's address, the scopes a device list needs, the two
+# cookies, and the endpoints that list devices, each with the scope it needs and
+# what a person calls that product line.
 DEFAULT_API_URL = "https://api.netatmo.com"
 DEFAULT_SCOPES = "read_station read_thermostat read_homecoach"
-APPS_PAGE = "https://dev.netatmo.com/apps/"
 COOKIE_NAME = "netatmo_session"      # the logged-in session's id
 LOGIN_COOKIE_NAME = "netatmo_login"  # a login in progress, signed (see Logins)
+DEVICE_ENDPOINTS = (
+    ("homesdata", "read_thermostat", "homes (energy, security and other home devices)"),
+    ("getstationsdata", "read_station", "weather stations"),
+    ("gethomecoachsdata", "read_homecoach", "home coaches"),
+)
+
+
+# ==== Part 1, the flow ============================================================
+# Each step builds its own HTTP message; what it needs but does not teach (the wire,
+# caps, locks, escaping, the trace), it calls from Part 2 by a name that says so.
+
+
+# ---- (a) Receive the authorization request --------------------------------------
+
+def login(server, request):
+    """GET /login: (a) receive the authorization request, then (b) redirect to Netatmo.
+
+    A login starts here, and the server keeps nothing of it: the browser keeps it,
+    in a signed cookie. The session cookie, if any, is left alone: a link to /login
+    from another site must not log the person out; only a login that succeeds
+    replaces it.
+    """
+    config, logins = server.config, server.logins
+    owner = may_start_login(server, request)  # the printed address, on the right host
+    cookie, nonce = logins.start(owner)  # (a) a new login: a nonce and its time, signed
+    request.set_cookie(config.login_cookie_name, cookie, "/authenticate", logins.ttl)  # (a)
+    state = logins.state(nonce)
+    verifier = logins.code_verifier(nonce) if config.pkce else None
+    challenge = code_challenge(verifier) if verifier else None
+    server.trace.login(request, cookie, state, challenge)  # told before the answer
+    request.redirect(302, authorize_url(config, state, challenge))  # (b) to Netatmo
+
+
+# ---- (b) Redirect to Netatmo -----------------------------------------------------
+
+def authorize_url(config, state, code_challenge=None):
+    """Return the address of Netatmo's consent page for this login: (b)'s message.
+
+    The person logs in and approves there, never here. Netatmo then sends the
+    browser back to redirect_uri with a code, and with the state.
+    """
+    params = [
+        ("client_id", config.client_id),
+        ("redirect_uri", config.redirect_uri),
+        ("scope", config.scopes),
+        ("state", state),
+        ("response_type", "code"),
+    ]
+    if code_challenge is not None:  # PKCE, unless --no-pkce
+        params += [("code_challenge", code_challenge), ("code_challenge_method", "S256")]
+    # quote_via=quote writes the spaces between scopes as %20, as Netatmo expects.
+    query = urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
+    return config.api_url + "/oauth2/authorize?" + query  # (b) the consent page
+
+
+# ---- (c) Receive the code --------------------------------------------------------
+
+def authenticate(server, request):
+    """GET /authenticate: (c) receive the code, then (d) exchange it for tokens.
+
+    The code counts only with the login cookie signed here, younger than 10
+    minutes, and the state derived from its nonce, once: this is what stops a
+    forged or replayed callback. Otherwise nothing is sent to Netatmo.
+    """
+    config, logins = server.config, server.logins
+    nonce, owner, problem = logins.check(request.cookie(config.login_cookie_name))
+    state, code = request.param("state"), request.param("code")
+    matches = nonce is not None and state is not None and hmac.compare_digest(
+        state.encode(), logins.state(nonce).encode())  # (c) the state of this login?
+    if request.param("error") is not None:  # Netatmo's "no", or a link that says so
+        raise refusal(server, request, nonce, owner, problem, state, matches)
+    first_use = bool(code) and matches and logins.use(nonce)  # (c) and only once
+    server.trace.callback(request, code, state, problem, matches, first_use)
+    if not first_use:
+        raise stale_link()
+    verifier = logins.code_verifier(nonce) if config.pkce else None
+    with server.trace.block("d") as told:  # the POST, then the session cookie: one block
+        sid, session = start_session(server, request,
+                                     exchange_code(server, code, verifier, told), told)
+    not_kept = server.keep_tokens(session) if owner else None  # the owner's login only
+    if server.outcome is not None:  # a terminal mode: the run gets this login
+        return finish_terminal_login(server, request, session, not_kept)
+    if not_kept is not None:  # this browser is logged in; the file kept its login
+        raise not_kept_page(not_kept, logged_in=True)
+    request.redirect(303, "/devices")  # and the code leaves the address bar at once
+
+
+# ---- (d) Exchange it for a token -------------------------------------------------
+
+def exchange_code(server, code, code_verifier, told):
+    """Return the Tokens Netatmo trades for the code: (d)'s POST, server to server.
+
+    The code is worth nothing alone: only with the client secret, and the PKCE
+    verifier, does Netatmo trade it for an access token (for about 3 hours) and a
+    refresh token (for the next one), out of the browser's sight.
+    """
+    config = server.config
+    form = [
+        ("grant_type", "authorization_code"),
+        ("client_id", config.client_id),
+        ("client_secret", config.client_secret),
+        ("code", code),
+        # Byte for byte the redirect_uri of step (b), or Netatmo says invalid_grant.
+        ("redirect_uri", config.redirect_uri),
+    ]
+    if code_verifier is not None:  # PKCE, unless --no-pkce
+        form.append(("code_verifier", code_verifier))
+    return server.netatmo.post_form("/oauth2/token", form, told)  # (d) code for tokens
+
+
+def start_session(server, request, tokens, told):
+    """Keep the tokens in this server's memory under a new session id; return both.
+
+    The browser holds only the id, which means nothing to anyone else, and a new
+    one at each login: a new login replaces the browser's old session.
+    """
+    config = server.config
+    old = request.cookie(config.cookie_name)
+    if old:
+        server.sessions.delete(old)
+    sid, session = server.sessions.create(tokens)
+    request.set_cookie(config.cookie_name, sid)  # (d) the browser gets the session id only
+    request.expire_cookie(config.login_cookie_name, "/authenticate")  # this login is over
+    told.session_started(config, sid)
+    return sid, session
+
+
+# ---- (e) Retrieve and output the devices -----------------------------------------
+
+def show_devices(server, request):
+    """GET /devices: (e) retrieve the devices, and output them as a page."""
+    _, session = logged_in(server, request)
+    if session is None:
+        return request.redirect(303, "/login")
+    found = device_list(server, session, "as /devices")
+    request.send_html(200, devices_page(found))  # (e) the devices, as a page
+
+
+def devices_json(server, request):
+    """GET /devices.json: (e) the same list, for programs."""
+    _, session = logged_in(server, request)
+    if session is None:
+        return request.send_json(401, {"error": "not_authenticated",
+                                       "message": "Log in at /login first."})
+    found = device_list(server, session, "as /devices.json")
+    request.send_json(200, device_list_json(found))  # (e) the devices, as JSON
+
+
+def fetch_device_list(server, session, told):
+    """Return a DeviceList fresh from Netatmo: (e)'s calls, all at once, merged.
+
+    Each device endpoint that the granted scopes allow is called, and, for each
+    home that has modules, /api/homestatus for its devices' status. The calls go at
+    once, so a page waits for the slowest, not for the sum of them. Home ids come
+    from homesdata: the first fetch of a session asks for the statuses once it has
+    answered; later fetches send all their calls at once.
+    """
+    client = server.netatmo
+
+    def get(path, params=()):
+        """Return a function that GETs path with this session's access token."""
+        return lambda: session.authorized(client, told, lambda access_token: client.get_json(
+            path, params, {"Authorization": "Bearer " + access_token}, told))  # (e) a GET
+
+    lines, not_granted = readable_lines(session.tokens.scope, server.config.scopes)
+    known = list(session.home_ids)  # the homes homesdata named last time; none at first
+    answers = client.in_parallel([get("/api/" + name) for name in lines] +  # (e)
+                                 [get("/api/homestatus", [("home_id", h)]) for h in known])
+    bodies, failed = sort_answers(lines, answers, not_granted)
+    homes = home_ids(bodies["homesdata"]) if "homesdata" in bodies else known
+    later = [h for h in homes if h not in known]
+    statuses = dict(zip(known + later, answers[len(lines):] + client.in_parallel(
+        [get("/api/homestatus", [("home_id", h)]) for h in later])))  # (e) each home
+    session.home_ids = homes
+    statuses = home_statuses(statuses, homes if "homesdata" in bodies else [])
+    return DeviceList(devices_of(bodies, statuses),  # (e) one row per device
+                      not_granted, status_problems(bodies.get("homesdata"), statuses),
+                      failed, time.time())
+
+
+# ==== Part 2, what makes it hold ===================================================
+
+
+# ---- Configuration ----------------------------------------------------------------
+# Every setting read once (flag, else environment, else default) and checked: a wrong
+# one stops the start with one line. And the exit statuses a script can test.
+
+APPS_PAGE = "https://dev.netatmo.com/apps/"
 
 
 class Exit(object):
@@ -98,64 +288,6 @@ class Exit(object):
         (INTERRUPTED, "Ctrl-C"),
     )
 
-# The three endpoints that list devices, the scope each needs, and what a
-# person calls that product line when it is not granted.
-DEVICE_ENDPOINTS = (
-    ("homesdata", "read_thermostat", "homes (energy, security and other home devices)"),
-    ("getstationsdata", "read_station", "weather stations"),
-    ("gethomecoachsdata", "read_homecoach", "home coaches"),
-)
-
-# Netatmo's type codes: who makes each product, and the name people know it by
-# (pyatmo's device table, MIT). An unknown code is shown as itself, maker unknown.
-PRODUCTS = {
-    "NAMain": ("Netatmo", "Weather Station"), "NAModule1": ("Netatmo", "Outdoor Module"),
-    "NAModule2": ("Netatmo", "Anemometer"), "NAModule3": ("Netatmo", "Rain Gauge"),
-    "NAModule4": ("Netatmo", "Indoor Module"), "NHC": ("Netatmo", "Home Coach"),
-    "NAPlug": ("Netatmo", "Relay"), "NATherm1": ("Netatmo", "Thermostat"),
-    "NRV": ("Netatmo", "Valve"), "NAC": ("Netatmo", "AC Control"),
-    "OTH": ("Netatmo", "OpenTherm Gateway"), "OTM": ("Netatmo", "OpenTherm Thermostat"),
-    "NOC": ("Netatmo", "Outdoor Camera"), "NPC": ("Netatmo", "Indoor Camera Advance"),
-    "NACamera": ("Netatmo", "Indoor Camera"), "NSD": ("Netatmo", "Smoke Alarm"),
-    "NIS": ("Netatmo", "Siren"), "NACamDoorTag": ("Netatmo", "Door/Window Sensor"),
-    "NDB": ("Netatmo", "Doorbell"), "NCO": ("Netatmo", "CO Alarm"),
-    "NDL": ("Netatmo", "Door Lock"), "BNS": ("Smarther", "Smarther"),
-    "Z3L": ("third party", "Zigbee 3 light"), "Z3V": ("third party", "Zigbee 3 roller shutter"),
-    "EBU": ("third party", "EBU gas meter"), "NLPD": ("Drivia", "Dry contact"),
-    "TPSRS": ("Somfy", "io Shutter"), "NBG": ("Bubendorff", "Gateway"),
-    "NBR": ("Bubendorff", "Roller Shutter"), "NBO": ("Bubendorff", "Orientable Shutter"),
-    "NBS": ("Bubendorff", "Swing Shutter"), "NLG": ("Legrand", "Gateway"),
-    "NLGS": ("Legrand", "Gateway standalone"), "NLP": ("Legrand", "Plug"),
-    "NLPM": ("Legrand", "Mobile plug"), "NLPBS": ("Legrand", "British standard plugs"),
-    "NLF": ("Legrand", "Switch/Dimmer"),
-    "NLFE": ("Legrand", "2-wire light switch/dimmer evolution"),
-    "NLIS": ("Legrand", "Double switch"), "NLFN": ("Legrand", "Light switch/dimmer with "
-                                                              "neutral"),
-    "NLM": ("Legrand", "Light micro module"),
-    "NLL": ("Legrand", "Italian light switch with neutral"),
-    "NLLF": ("Legrand", "Centralized ventilation device"),
-    "NLV": ("Legrand/BTicino", "Shutter"),
-    "NLLV": ("Legrand/BTicino", "Shutters"), "NLLM": ("Legrand/BTicino", "Shutters"),
-    "NLPO": ("Legrand", "Connected contactor"), "NLPT": ("Legrand", "Connected latching relay"),
-    "NLPC": ("Legrand", "Energy Meter"), "NLE": ("Legrand", "Connected ecometer"),
-    "NLPS": ("Legrand", "Smart load shedder"), "NLC": ("Legrand", "Cable outlet"),
-    "NLT": ("Legrand", "Global remote control"),
-    "NLAS": ("Legrand", "Wireless batteryless scene switch"),
-    "NLD": ("Legrand", "Remote control"), "NLDD": ("Legrand", "Dimmer"),
-    "NLUP": ("Legrand", "Power outlet"), "NLUO": ("Legrand", "Plug-in dimmer switch"),
-    "NLUI": ("Legrand", "In-wall switch"), "NLTS": ("Legrand", "Motion sensor"),
-    "NLUF": ("Legrand", "In-wall dimmer"), "NLJ": ("Legrand", "Garage door opener"),
-    "BNCX": ("BTicino", "Internal Panel"), "BNEU": ("BTicino", "External Unit"),
-    "BNSL": ("BTicino", "Staircase Light"), "BNDL": ("BTicino", "Door Lock"),
-    "BNMS": ("BTicino", "Motorized Shade"), "BNAS": ("BTicino", "Automatic Shutter"),
-    "BNAB": ("BTicino", "Automatic Blind"), "BNMH": ("BTicino", "MyHome server 1"),
-    "BNTH": ("BTicino", "Thermostat"), "BNFC": ("BTicino", "Fan coil"),
-    "BNTR": ("BTicino", "Module towel rail"), "BNIL": ("BTicino", "Intelligent light"),
-    "BNLD": ("BTicino", "Dimmer"), "BNCS": ("BTicino", "Controlled socket"),
-}
-
-
-# ---- Configuration -------------------------------------------------------------
 
 class ConfigError(Exception):
     """A setting is missing or wrong; the message says which and how to fix it."""
@@ -453,109 +585,9 @@ def check_url(url, flag, variable, example):
                           % (url, flag, variable, example))
 
 
-# ---- What reaches the terminal ---------------------------------------------------
-# Names, rooms, error messages and whole requests come from others. Everything we
-# write to stderr (log lines, --trace, the terminal modes' messages) passes through
-# escaped(), so that none of them can move the cursor, retitle the window, fill the
-# clipboard (OSC 52) or rewrite a line with a carriage return.
-
-# Control characters as \\xNN, and the backslash doubled, as http.server's log writes
-# them: all below 0x20 but the tab, and 0x7F-0x9F (DEL and the C1 controls).
-CONTROL_CHARACTERS = dict((c, "\\x%02x" % c)
-                          for c in list(range(0x20)) + list(range(0x7f, 0xa0)) if c != 0x09)
-CONTROL_CHARACTERS[ord("\\")] = "\\\\"
-
-
-def escaped(text):
-    """Return text with every control character written as \\xNN, newlines too."""
-    return str(text).translate(CONTROL_CHARACTERS)
-
-
-def say(message):
-    """Write one message to stderr, escaped, under the program's name."""
-    sys.stderr.write("netatmo_stdlib: %s\n" % escaped(message))
-    sys.stderr.flush()
-
-
-class LogFormatter(logging.Formatter):
-    """Log lines whose message is escaped, and a traceback escaped line by line."""
-
-    def formatMessage(self, record):
-        record.message = escaped(record.message)
-        return logging.Formatter.formatMessage(self, record)
-
-    def formatException(self, exc_info):
-        text = logging.Formatter.formatException(self, exc_info)
-        return "\n".join(escaped(line) for line in text.split("\n"))
-
-
-# ---- Watching the flow (--trace) -------------------------------------------------
-
-STEPS = {
-    "a": "receive the authorization request",
-    "b": "redirect to Netatmo",
-    "c": "receive the code",
-    "d": "exchange it for a token",
-    "e": "retrieve and output the devices",
-}
-
-
-class Trace(object):
-    """--trace: each step of the flow told on stderr as it happens, with no secret.
-
-    A block names the step, the HTTP message that carries it and what came back,
-    then says why the step, or its check, is there. State, code, verifier and
-    challenge, tokens, the client secret and cookie values show only as their
-    length, and whether they matched: a trace can be pasted anywhere.
-    """
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.lock = threading.Lock()
-
-    def step(self, letter, lines, why):
-        """Write one block at once: the step, its lines (escaped), and why."""
-        text = "(%s) %s\n%s    why: %s\n" % (letter, STEPS[letter],
-                                              "".join("    %s\n" % escaped(line)
-                                                      for line in lines), why)
-        with self.lock:
-            self.stream.write(text)
-            self.stream.flush()
-
-
-def hidden(value):
-    """Return what a trace shows of a secret: its length, never its value."""
-    return "%d characters" % len(value or "")
-
-
-def duration(seconds):
-    """Return a length of time for people: "3 h", "10 min", "30 s"."""
-    for unit, size in (("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return "%g %s" % (round(seconds / size, 1), unit)
-    return "%g s" % round(seconds, 1)
-
-
-def summary_of(path, body):
-    """Return what a device endpoint's answer holds, counted: "2 homes, 51 modules"."""
-    body = body if isinstance(body, dict) else {}
-    if path.startswith("homesdata"):
-        homes = listed(body.get("homes"))
-        return "%d homes, %d modules" % (len(homes), sum(len(listed(h.get("modules")))
-                                                         for h in homes))
-    if path.startswith("homestatus"):
-        home = home_of_status(body)
-        silent = sorted(not_answering(body))
-        return ("the status of %d modules and %d rooms" % (
-            len(listed(home.get("modules"))), len(listed(home.get("rooms"))))
-            + ("; code 6: %s does not answer" % ", ".join(silent) if silent else ""))
-    stations = listed(body.get("devices"))
-    return "%d %s, %d modules" % (len(stations), "home coaches" if "homecoach" in path
-                                  else "stations",
-                                  sum(len(listed(s.get("modules"))) for s in stations))
-
-
-# ---- Talking to Netatmo --------------------------------------------------------
+# ---- Talking to Netatmo -----------------------------------------------------------
+# The wire the steps send on: kept-alive connections, verified certificates, capped
+# and checked answers, and Netatmo's errors as one exception that says what happened.
 
 class NetatmoError(Exception):
     """Netatmo refused a call or could not be reached.
@@ -590,13 +622,13 @@ Tokens = namedtuple("Tokens", "access_token refresh_token expires_at scope lifet
 
 
 class NetatmoClient(object):
-    """The only code that speaks to Netatmo: authorize URL, token calls, API calls."""
+    """The only code that sends anything to Netatmo: a form POST, or a GET with headers."""
 
     max_workers = 16  # threads making calls for all requests; more only fight for the GIL
 
     def __init__(self, config, trace=None):
         self.config = config
-        self.trace = trace  # --trace: the Trace the calls are told to, else None
+        self.trace = trace  # --trace tells each call; a Trace without a stream is silent
         self.connections = KeptAliveConnections()
         self.opener = None   # built by the first call: start-up does not need urllib
         self.workers = None  # the threads that make calls at once, started by the first
@@ -640,130 +672,35 @@ class NetatmoClient(object):
         later = [self.workers.submit(outcome, f) for f in functions[1:]]
         return [outcome(f) for f in functions[:1]] + [future.result() for future in later]
 
-    def authorize_url(self, state, code_challenge=None):
-        """Return the URL of Netatmo's consent page for this login (step b)."""
-        params = [
-            ("client_id", self.config.client_id),
-            ("redirect_uri", self.config.redirect_uri),
-            ("scope", self.config.scopes),
-            ("state", state),
-            ("response_type", "code"),
-        ]
-        if code_challenge is not None:  # PKCE, unless --no-pkce
-            params += [("code_challenge", code_challenge), ("code_challenge_method", "S256")]
-        # quote_via=quote writes the spaces between scopes as %20, as Netatmo expects.
-        query = urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
-        return self.config.api_url + "/oauth2/authorize?" + query
-
-    def exchange_code(self, code, code_verifier=None):
-        """Return Tokens for an authorization code (step d)."""
-        form = [
-            ("grant_type", "authorization_code"),
-            ("client_id", self.config.client_id),
-            ("client_secret", self.config.client_secret),
-            ("code", code),
-            # Byte for byte the redirect_uri of step (b), or Netatmo says invalid_grant.
-            ("redirect_uri", self.config.redirect_uri),
-        ]
-        if code_verifier is not None:  # PKCE, unless --no-pkce
-            form.append(("code_verifier", code_verifier))
-        return self.token_request(form)
-
-    def refresh(self, refresh_token):
-        """Return new Tokens for a refresh token; Netatmo retires the old pair."""
-        return self.token_request([
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token),
-            ("client_id", self.config.client_id),
-            ("client_secret", self.config.client_secret),
-        ])
-
-    def token_request(self, form):
-        """POST a form to /oauth2/token and return the Tokens it answers with."""
+    def post_form(self, path, form, told):
+        """POST a form to Netatmo's token endpoint; return the Tokens it answers with."""
         started = time.time()
         try:
-            answer = self.call("POST", "/oauth2/token", data=urllib.parse.urlencode(form))
-            tokens = self.tokens_of(answer)
+            tokens = tokens_of(self.call("POST", path, data=urllib.parse.urlencode(form)),
+                               self.config.scopes)
         except NetatmoError as error:
-            self.trace_token_request(form, started, error=error)
+            told.token_post(self.config.api_url + path, form, started, error=error)
             raise
-        self.trace_token_request(form, started, tokens=tokens)
+        told.token_post(self.config.api_url + path, form, started, tokens=tokens)
         return tokens
 
-    def tokens_of(self, answer):
-        """Return the Tokens of the token endpoint's answer, or raise NetatmoError."""
-        if not isinstance(answer, dict) or not token_like(answer.get("access_token")) \
-                or not token_like(answer.get("refresh_token")):
-            raise NetatmoError("Netatmo's token endpoint answered without a token.",
-                               status=200)
-        lifetime = lifetime_of(answer)
-        scope = answer.get("scope")
-        if isinstance(scope, str):
-            scope = scope.replace(",", " ").split()
-        if not isinstance(scope, list):
-            scope = self.config.scopes.split()
-        return Tokens(answer["access_token"], answer["refresh_token"],
-                      None if lifetime is None else time.time() + lifetime,
-                      [s for s in scope if isinstance(s, str)], lifetime)
+    def get_json(self, path, params, headers, told):
+        """GET path?params with headers; return the `body` of Netatmo's answer (an object).
 
-    def api_get(self, name, access_token, params=()):
-        """Return the `body` of GET /api/<name>?params, authorized by the access token."""
-        query = "?" + urllib.parse.urlencode(params) if params else ""
+        A body that is a list (seen nowhere, and documented nowhere) lists nothing.
+        """
+        url = path + ("?" + urllib.parse.urlencode(params) if params else "")
         started = time.time()
         try:
-            answer = self.call("GET", "/api/" + name + query,
-                               headers={"Authorization": "Bearer " + access_token})
+            answer = self.call("GET", url, headers=headers)
             if not isinstance(answer, dict) or not isinstance(answer.get("body"),
                                                               (dict, list)):
-                raise NetatmoError("Netatmo's /api/%s answered without a body." % name,
-                                   status=200)
+                raise NetatmoError("Netatmo's %s answered without a body." % path, status=200)
         except NetatmoError as error:
-            self.trace_api_get(name + query, access_token, started, error=error)
+            told.api_call(self.config.api_url + url, headers, started, error=error)
             raise
-        self.trace_api_get(name + query, access_token, started, body=answer["body"])
-        # A body that is a list (seen nowhere, and documented nowhere) lists nothing.
+        told.api_call(self.config.api_url + url, headers, started, body=answer["body"])
         return answer["body"] if isinstance(answer["body"], dict) else {}
-
-    def trace_token_request(self, form, started, tokens=None, error=None):
-        """--trace: step (d), a POST to the token endpoint and what came back."""
-        if self.trace is None:
-            return
-        public = ("grant_type", "client_id", "redirect_uri", "scope")
-        sent = ", ".join("%s=%s" % (k, v) if k in public else "%s: %s" % (k, hidden(v))
-                         for k, v in form)
-        lines = ["POST %s/oauth2/token" % self.config.api_url, "  " + sent]
-        if error is not None:
-            lines.append("-> %s in %.0f ms: %s" % (error.status or "no answer",
-                                                   (time.time() - started) * 1000,
-                                                   error.message))
-        else:
-            lines.append("-> 200 in %.0f ms: access token (%s) valid %s, scope %s; refresh "
-                         "token (%s)" % ((time.time() - started) * 1000,
-                                        hidden(tokens.access_token),
-                                        "for an unknown time" if tokens.lifetime is None
-                                        else duration(tokens.lifetime),
-                                        " ".join(tokens.scope) or "none",
-                                        hidden(tokens.refresh_token)))
-        refresh = dict(form).get("grant_type") == "refresh_token"
-        self.trace.step("d", lines, (
-            "Netatmo rotates the pair at each refresh: the old refresh token dies with "
-            "this answer, so refreshes go one at a time and the new pair is kept at once"
-            if refresh else "the code is worth nothing alone: only with the client "
-            "secret, and the PKCE verifier, does Netatmo trade it for tokens, server to "
-            "server, out of the browser's sight"))
-
-    def trace_api_get(self, path, access_token, started, body=None, error=None):
-        """--trace: step (e), one GET of a device endpoint and what came back."""
-        if self.trace is None:
-            return
-        took = (time.time() - started) * 1000
-        self.trace.step("e", [
-            "GET %s/api/%s" % (self.config.api_url, path),
-            "  Authorization: Bearer <access token, %s>" % hidden(access_token),
-            "-> %s in %.0f ms: %s" % (error.status or "no answer", took, error.message)
-            if error is not None else "-> 200 in %.0f ms: %s" % (took, summary_of(path, body))],
-            "the access token travels in the Authorization header, never in a URL, "
-            "where logs and browser histories would keep it")
 
     def call(self, method, path, data=None, headers=None):
         """Send one request to Netatmo and return its JSON answer, or raise NetatmoError."""
@@ -805,7 +742,7 @@ class NetatmoClient(object):
                                    % (self.config.api_url, reason), elsewhere=True)
             raise NetatmoError("Netatmo could not be reached (%s)." % reason)
         finally:
-            if status is not None:
+            if status is not None and not self.trace.on:  # --trace tells it, once
                 log.info("netatmo %s %s -> %d in %.0f ms", method, path, status,
                          (time.time() - started) * 1000)
         try:
@@ -816,6 +753,22 @@ class NetatmoClient(object):
         if status == 200:
             return answer
         raise error_from_answer(status, answer)
+
+
+def tokens_of(answer, requested_scopes):
+    """Return the Tokens of the token endpoint's answer, or raise NetatmoError."""
+    if not isinstance(answer, dict) or not token_like(answer.get("access_token")) \
+            or not token_like(answer.get("refresh_token")):
+        raise NetatmoError("Netatmo's token endpoint answered without a token.", status=200)
+    lifetime = lifetime_of(answer)
+    scope = answer.get("scope")
+    if isinstance(scope, str):
+        scope = scope.replace(",", " ").split()
+    if not isinstance(scope, list):
+        scope = requested_scopes.split()
+    return Tokens(answer["access_token"], answer["refresh_token"],
+                  None if lifetime is None else time.time() + lifetime,
+                  [s for s in scope if isinstance(s, str)], lifetime)
 
 
 def token_like(value):
@@ -1002,7 +955,793 @@ def readable(sock):
     return bool(select.select([sock], [], [], 0)[0])
 
 
-# ---- Devices -------------------------------------------------------------------
+# ---- Refresh and rotation ---------------------------------------------------------
+# Tokens refreshed before they run out, one refresh at a time: Netatmo rotates the
+# pair, and a refresh token used twice logs the person out.
+
+class LoginExpired(Exception):
+    """Netatmo no longer honours this session's refresh token: log in again."""
+
+
+class Session(object):
+    """A logged-in browser: its tokens, its cached device list, and their locks."""
+    __slots__ = ("tokens", "last_seen", "lock", "device_list", "fetch_lock", "token_file",
+                 "not_kept", "home_ids")
+
+    # Refresh this many seconds before the access token runs out.
+    refresh_margin = 60
+
+    def __init__(self, tokens, now):
+        self.tokens = tokens
+        self.last_seen = now
+        self.lock = threading.Lock()        # one refresh at a time
+        self.device_list = None             # the last DeviceList fetched
+        self.fetch_lock = threading.Lock()  # one fetch at a time
+        self.token_file = None   # --token-file, when this session's pair is the file's
+        self.not_kept = None     # why the file lost this session's pair, if it did
+        self.home_ids = []       # the homes with modules that homesdata named last
+
+    def devices(self, fetch, max_age):
+        """Return the cached DeviceList if younger than max_age seconds, else fetch().
+
+        Netatmo allows 50 calls per 10 seconds per user: a page reloaded, or opened
+        in several tabs, is served from the list fetched last, and concurrent
+        requests wait for one fetch instead of making their own.
+        """
+        if max_age <= 0:
+            return fetch()
+        with self.fetch_lock:
+            cached = self.device_list
+            if cached is None or time.time() - cached.fetched_at >= max_age:
+                cached = self.device_list = fetch()
+            return cached
+
+    def access_token(self, client):
+        """Return an access token that is good for at least refresh_margin seconds.
+
+        A token that lives less than twice the margin is refreshed at half its life,
+        not on every call.
+        """
+        tokens = self.tokens
+        margin = self.refresh_margin
+        if tokens.lifetime is not None:
+            margin = min(margin, tokens.lifetime / 2)
+        if tokens.expires_at is None or tokens.expires_at - time.time() > margin:
+            return tokens.access_token
+        return self.refresh(client, tokens.access_token)
+
+    def refresh(self, client, stale_access_token=None):
+        """Refresh the tokens once, however many threads ask; return the access token.
+
+        Netatmo rotates refresh tokens: the first refresh retires the old pair, and a
+        second one with the same refresh token logs the person out. So one thread
+        refreshes under the lock; the others wait for it and use its result. A thread
+        that names the access token it found stale gets the new one if a refresh
+        already happened since.
+        """
+        with self.lock:
+            tokens = self.tokens
+            if stale_access_token is not None and tokens.access_token != stale_access_token:
+                return tokens.access_token
+            self.tokens = self.renew(client, tokens)
+            return self.tokens.access_token
+
+    def renew(self, client, tokens):
+        """Return the pair that follows tokens: through --token-file if this session has it.
+
+        The file is shared with other programs (a cron job, a script): its lock makes
+        one refresh at a time among all of them, and a pair one of them rotated is
+        taken from the file instead of being refreshed again. Without the lock there
+        is no refresh at all (NotKept goes up): refreshing anyway would retire the
+        refresh token the file holds, and log out every program that shares it.
+        A new pair the file cannot take is used all the same, said loudly, and this
+        session no longer writes the file.
+        """
+        if self.token_file is None:
+            return renewed(client, tokens)
+        try:
+            return self.token_file.refresh(client, tokens, self.refresh_margin)
+        except NotKept as e:
+            if e.tokens is None:
+                raise
+            log.error("%s", e)
+            self.not_kept, self.token_file = str(e), None
+            return e.tokens
+
+    def authorized(self, client, told, call):
+        """Return call(access_token); on code 2 or 3, refresh once and call again.
+
+        Netatmo kills the old access token at each refresh, so under load a call can
+        be refused because another request of this session rotated the tokens while
+        it was on its way. Such a call is retried with the new token, without a
+        refresh of its own. A call refused with the current token refreshes once; again
+        only if that token has lived its whole life while the call waited (a token
+        Netatmo sends already expired does not make us refresh in a loop).
+        """
+        access_token = self.access_token(client)
+        refreshed = False
+        for attempts_left in reversed(range(5)):
+            try:
+                return call(access_token)
+            except NetatmoError as error:
+                if error.code not in (2, 3) or attempts_left == 0:  # 2 invalid, 3 expired
+                    raise
+                tokens = self.tokens
+                if tokens.access_token != access_token:
+                    access_token = tokens.access_token  # rotated meanwhile: retry
+                    told.add("refused with code %s: another request of this session rotated "
+                             "the tokens meanwhile; sent again with the new access token, "
+                             "without a refresh" % error.code)
+                elif refreshed and not outlived(tokens):
+                    raise
+                else:
+                    access_token = self.refresh(client, access_token)
+                    refreshed = True
+
+
+def renewed(client, tokens):
+    """Return new Tokens from Netatmo for tokens' refresh token, which then dies."""
+    form = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", tokens.refresh_token),
+        ("client_id", client.config.client_id),
+        ("client_secret", client.config.client_secret),
+    ]
+    try:
+        with client.trace.block("d") as told:
+            new = client.post_form("/oauth2/token", form, told)
+    except NetatmoError as e:
+        if e.error == "invalid_grant":
+            raise LoginExpired()
+        raise
+    log.info("refreshed the tokens of a session")
+    return new
+
+
+def outlived(tokens):
+    """Return True if a token with a real lifetime has reached its expiry by our clock."""
+    return bool(tokens.lifetime and tokens.lifetime > 0 and time.time() >= tokens.expires_at)
+
+
+# ---- The signed login state -------------------------------------------------------
+# A login in progress, in a cookie signed here: who may start one, whether a callback
+# is the person's own, and what a refusal from Netatmo ends.
+
+class Logins(object):
+    """Logins in progress, kept by the browsers, not here: a signed cookie each.
+
+    GET /login makes a random nonce and hands the browser, in the netatmo_login
+    cookie, the nonce, its issue time and their HMAC-SHA256 under a key made at
+    start: never stored, never logged, new at every start. The login's `state` and
+    its PKCE `code_verifier` are derived from the nonce under the same key, so
+    neither is stored anywhere either. A flood of /login has nothing to fill and
+    nothing to evict: a person's login in progress costs this server nothing.
+
+    What the server does keep is bounded: the nonces of the logins that reached
+    Netatmo's token endpoint, until they expire, so that a state works once.
+    """
+
+    ttl = 10 * 60      # a login must come back from Netatmo within this many seconds
+    max_used = 10000   # used nonces remembered; past that the oldest are dropped
+
+    def __init__(self, clock=time.time):
+        self.clock = clock
+        self.key = secrets.token_bytes(32)
+        self.used = OrderedDict()  # nonce -> when its cookie expires, oldest first
+        self.lock = threading.Lock()
+
+    def start(self, owner=False):
+        """Return (cookie value, nonce) for a new login: nonce.issued.signature.
+
+        An owner's login (begun at the address printed in the terminal) is signed
+        for another purpose than anyone else's: it alone may write --token-file.
+        """
+        nonce = secrets.token_urlsafe(16)  # 128 bits
+        signed = "%s.%d" % (nonce, self.clock())
+        return signed + "." + self.mac("owner" if owner else "cookie", signed), nonce
+
+    def check(self, cookie):
+        """Return (nonce, owner, None) for a login cookie signed here less than ttl ago,
+        else (None, False, what is wrong with it)."""
+        if not cookie:
+            return None, False, "missing"
+        parts = cookie.split(".")
+        if len(parts) != 3 or not digits(parts[1]):
+            return None, False, "not one of ours (malformed)"
+        signed = parts[0] + "." + parts[1]
+        owner = hmac.compare_digest(parts[2].encode(), self.mac("owner", signed).encode())
+        if not owner and not hmac.compare_digest(parts[2].encode(),
+                                                 self.mac("cookie", signed).encode()):
+            return None, False, ("its signature does not match (tampered, or signed before "
+                                 "a restart)")
+        age = self.clock() - int(parts[1])
+        if not 0 <= age <= self.ttl:
+            return None, False, "older than 10 minutes"
+        return parts[0], owner, None
+
+    def state(self, nonce):
+        """Return the login's `state`: 43 characters derived from the nonce."""
+        return self.mac("state", nonce)
+
+    def code_verifier(self, nonce):
+        """Return the login's PKCE code_verifier (RFC 7636): 43 characters."""
+        return self.mac("code_verifier", nonce)
+
+    def mac(self, purpose, text):
+        """Return HMAC-SHA256(key, purpose:text) in unpadded base64url."""
+        digest = hmac.new(self.key, ("%s:%s" % (purpose, text)).encode("utf-8"),
+                          hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+    def use(self, nonce):
+        """Mark a login's nonce used; return False if it was used already."""
+        now = self.clock()
+        with self.lock:
+            while self.used and (next(iter(self.used.values())) < now
+                                 or len(self.used) >= self.max_used):
+                self.used.popitem(last=False)
+            if nonce in self.used:
+                return False
+            self.used[nonce] = now + self.ttl
+            return True
+
+
+def digits(text):
+    """Return True if text is one or more ASCII digits (str.isdigit also takes "\u00b2")."""
+    return bool(text) and not text.strip("0123456789")
+
+
+def code_challenge(code_verifier):
+    """Return the S256 PKCE challenge: BASE64URL(SHA256(code_verifier)), unpadded."""
+    digest = hashlib.sha256(code_verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def may_start_login(server, request):
+    """Return True if this /login begins the owner's login, else False; or refuse it.
+
+    The address printed in the terminal carries a key made for this run. In the
+    terminal modes only a browser that has it may log in (not another user of this
+    host first); with --token-file only a login begun there writes the file. The
+    login cookie must come back on the redirect URI's origin, so a browser on another
+    host name is sent there, but the key never goes into a redirect.
+    """
+    config, key = server.config, server.login_key
+    given = request.param("k")
+    owner = key is not None and given is not None and hmac.compare_digest(
+        given.encode(), key.encode())
+    if (config.terminal or given is not None) and not owner:
+        raise PageError(403, "Open the address printed in the terminal",
+                        "This program lets one login, or the login it saves for scripts, "
+                        "start only at the address it printed in the terminal that "
+                        "started it (/login?k=...). Copy that whole address into the "
+                        "browser.")
+    host = request.headers.get("Host")
+    if host and not same_origin(config.redirect_uri, host):
+        if owner:
+            raise PageError(400, "Open the address printed in the terminal",
+                            "It begins with %s, the origin of the redirect URI: the login "
+                            "must start there." % config.origin)
+        raise Redirect(302, config.origin + "/login")
+    return owner
+
+
+def refusal(server, request, nonce, owner, problem, state, matches):
+    """Return the PageError for an error Netatmo sent back instead of a code.
+
+    With this login's state, it ends the login (and a terminal run). Without a state
+    (Netatmo may leave it out; so does a link from another site) the person decides:
+    the page has "Cancel this login", and nothing ends. With another state, or
+    without the login cookie, it is not this person's answer: nothing ends.
+    """
+    error, said = request.param("error"), request.param("error_description")
+    ask = nonce is not None and state is None
+    server.trace.callback(request, request.param("code"), state, problem, matches, False, (
+        "Netatmo's error=%s " % error_name(error)) + (
+        "came without a state: it may be Netatmo's, or a link from another site; the "
+        "person decides, nothing ends" if ask else "came with this login's state: the "
+        "login ends" if matches else "is not this login's answer (no login cookie, or "
+        "another state): refused, nothing ends"))
+    if not (ask or matches):
+        return stale_link()
+    if error == "access_denied":
+        status, title, explanation, exit_status = 403, "You declined", (
+            "You did not allow this program to read your Netatmo devices, so it has "
+            "nothing to show."), Exit.LOGIN_FAILED
+    else:
+        cause = AUTHORIZE_ERRORS.get(error, "Check this program's settings against your "
+                                            "app at dev.netatmo.com.")
+        status, title, explanation = 400, "Netatmo refused the login", "Netatmo answered " \
+            "%s.%s %s" % (error_name(error), ' It said: "%s".' % said[:200] if said else "",
+                          cause)
+        # A redirect URI or client id that Netatmo refuses is a setting to fix.
+        exit_status = Exit.BAD_SETTING if error in ("redirect_uri_mismatch",
+                                                    "invalid_client") else Exit.LOGIN_FAILED
+    again = server.login_path(owner)
+    if ask:
+        return PageError(status, title, explanation + " This answer came without the "
+                         "login's state, so this program cannot tell it from a link on "
+                         "another site. If it was your answer, cancel this login; if not, "
+                         "try again.", again, "Try again", error="unconfirmed_refusal",
+                         form=("/authenticate", "Cancel this login"))
+    request.expire_cookie(server.config.login_cookie_name, "/authenticate")
+    return PageError(status, title, explanation, again, "Try again" if status == 403
+                     else "Log in again", error="access_denied" if status == 403
+                     else "authorize_error", exit_status=exit_status)
+
+
+# What usually causes each error Netatmo may send back to the redirect URI.
+AUTHORIZE_ERRORS = {
+    "redirect_uri_mismatch": "The redirect URI this program sent is not the one registered "
+                             "for your app at dev.netatmo.com. Register it exactly (scheme, "
+                             "host, port and path) or set --redirect-uri to the registered one.",
+    "invalid_client": "Netatmo does not know this client id. Check --client-id; a new app "
+                      "can take a few minutes to become active.",
+    "invalid_scope": "Netatmo refused a scope this program asked for. Check --scopes.",
+    "invalid_request": "Netatmo found the login request malformed. Check --client-id, "
+                       "--redirect-uri and --scopes. If Netatmo's page named "
+                       "code_challenge, start this program with --no-pkce.",
+}
+
+
+def stale_link():
+    """Return the PageError of a callback that is not, or no longer, a login's."""
+    return login_again(400, "This login link is not valid",
+                       "It was already used, it expired (a login must be finished within "
+                       "10 minutes), or it was started in another browser or tab, or "
+                       "before this program restarted. Start a new login.",
+                       error="invalid_state", exit_status=None)
+
+
+def cancel_login(server, request):
+    """POST /authenticate: the person cancels the login that Netatmo's answer named."""
+    logins = server.logins
+    nonce, _, problem = logins.check(request.cookie(server.config.login_cookie_name))
+    if nonce is None or not logins.use(nonce):
+        raise login_again(400, "There is no login to cancel",
+                          "This browser has no login in progress here (%s)." % (
+                              problem or "it was used already"), exit_status=None)
+    request.expire_cookie(server.config.login_cookie_name, "/authenticate")
+    raise PageError(200, "Login cancelled", "This login is over; nothing was sent to "
+                    "Netatmo.", "/", "Back to the start", error="cancelled",
+                    exit_status=Exit.LOGIN_FAILED)
+
+
+def error_name(error):
+    """Return the name of an error Netatmo sent back, if it reads as one (a-z, _)."""
+    readable = error.replace("_", "").isalnum() and len(error) <= 64
+    return error if readable else "an unreadable error"
+
+
+# ---- Sessions ---------------------------------------------------------------------
+# A logged-in browser holds a random id; its tokens and cached device list stay here.
+# The routes beside the flow act on them.
+
+class SessionStore(object):
+    """Logged-in sessions, keyed by random cookie values, under one lock."""
+
+    session_ttl = 24 * 60 * 60   # a session unused for this long is forgotten
+
+    def __init__(self, clock=time.time):
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.sessions = {}
+        self.next_sweep = 0
+
+    def create(self, tokens):
+        """Return (new cookie value, Session) for tokens just obtained."""
+        now = self.clock()
+        session = Session(tokens, now)
+        sid = secrets.token_urlsafe(32)
+        with self.lock:
+            self.sessions[sid] = session
+            self.sweep(now)
+        return sid, session
+
+    def get(self, sid):
+        """Return the live Session of this cookie value, or None."""
+        now = self.clock()
+        with self.lock:
+            session = self.sessions.get(sid)
+            if session is None:
+                return None
+            if now - session.last_seen > self.session_ttl:
+                del self.sessions[sid]
+                return None
+            session.last_seen = now
+            return session
+
+    def delete(self, sid):
+        """Forget the session of this cookie value."""
+        with self.lock:
+            self.sessions.pop(sid, None)
+
+    def sweep(self, now):
+        """Drop expired sessions, at most once a minute; the caller holds the lock."""
+        if now < self.next_sweep:
+            return
+        self.next_sweep = now + 60
+        for sid in [s for s, x in self.sessions.items()
+                    if now - x.last_seen > self.session_ttl]:
+            del self.sessions[sid]
+
+
+def logged_in(server, request):
+    """Return (session id, Session) of this browser's login, or (None, None)."""
+    sid = request.cookie(server.config.cookie_name)
+    session = server.sessions.get(sid) if sid else None
+    return (sid, session) if session is not None else (None, None)
+
+
+def device_list(server, session, where):
+    """Return the session's DeviceList: cached, or fetched from Netatmo now; told as (e)."""
+    asked = time.time()
+    with server.trace.block("e") as told:
+        found = session.devices(lambda: fetch_device_list(server, session, told),
+                                server.config.cache_seconds)
+        told.device_list(found, asked, where)
+    return found
+
+
+def show_home(server, request):
+    """GET /: the start page."""
+    request.send_html(200, home_page(logged_in(server, request)[1]))
+
+
+def fetch_again(server, request):
+    """POST /devices: forget the cached list, so the page asks Netatmo now."""
+    _, session = logged_in(server, request)
+    if session is not None:
+        session.device_list = None
+    request.redirect(303, "/devices")
+
+
+def force_refresh(server, request):
+    """POST /refresh: renew the tokens now, then show the devices."""
+    _, session = logged_in(server, request)
+    if session is None:
+        return request.redirect(303, "/login")
+    session.refresh(server.netatmo)
+    request.redirect(303, "/devices")
+
+
+def logout(server, request):
+    """POST /logout: forget the session here and in the browser (every one sent)."""
+    for sid in request.cookie_values(server.config.cookie_name):
+        server.sessions.delete(sid)
+    request.expire_cookie(server.config.cookie_name)
+    request.redirect(303, "/")
+
+
+def healthz(server, request):
+    """GET /healthz: answer that the server runs."""
+    request.send_body(200, b"ok\n", "text/plain; charset=utf-8")
+
+
+# ---- The token file ---------------------------------------------------------------
+# A login that later runs, cron jobs and a web server share, refreshed under a lock.
+
+class NotKept(Exception):
+    """--token-file could not keep the login; the message says why and what to do.
+
+    Either its lock could not be had (`busy`: another program held it past the wait;
+    else the lock file itself is wrong), and nothing was refreshed: the pair in the
+    file is alive. Or a refresh worked but the file could not take the new pair
+    (`tokens`): the file now holds a used refresh token, and the next run needs a login.
+    """
+
+    def __init__(self, message, tokens=None, busy=False):
+        Exception.__init__(self, message)
+        self.tokens = tokens
+        self.busy = busy
+
+
+class TokenFile(object):
+    """The JSON file where --token-file keeps the tokens for later runs and scripts.
+
+    Netatmo rotates refresh tokens, so the file is rewritten after every refresh:
+    a file that kept an old refresh token would hold a dead login.
+    """
+
+    fields = ("access_token", "refresh_token", "expires_at", "scope")
+    lock_wait = 60.0  # seconds to wait for another program's refresh, then give up
+
+    def __init__(self, path):
+        self.path = os.path.abspath(path)
+
+    def load(self):
+        """Return the Tokens saved in the file, None if there is no file.
+
+        Raise ConfigError for a file that is unreadable, corrupt, not a regular file,
+        another user's or readable by other users, or not a token file at all (we
+        will not overwrite someone else's file).
+        """
+        try:
+            fd = open_own_file(self.path, os.O_RDONLY, "--token-file")
+        except FileNotFoundError:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            problem = not_private(os.fstat(f.fileno()))
+            if problem:
+                raise ConfigError("--token-file %r %s; it holds your Netatmo login: %s"
+                                  % (self.path, problem[0], problem[1]))
+            raw = f.read(1024 * 1024)
+        try:
+            saved = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError):
+            saved = None
+        if not self.well_formed(saved):
+            raise ConfigError("--token-file %r is not a token file of this program (or it "
+                              "is corrupt); it was left as it is: delete it or name "
+                              "another file" % self.path)
+        if not saved["refresh_token"]:
+            return None
+        return Tokens(saved["access_token"], saved["refresh_token"], saved["expires_at"],
+                      list(saved["scope"]), None)
+
+    def well_formed(self, saved):
+        """Return True if saved holds our four fields, each of the type we write."""
+        if not isinstance(saved, dict) or not set(self.fields) <= set(saved):
+            return False
+        expires_at = saved["expires_at"]
+        return (isinstance(saved["access_token"], str)
+                and isinstance(saved["refresh_token"], str)
+                and (expires_at is None or type(expires_at) in (int, float)
+                     and abs(expires_at) < 1e12)  # NaN and infinities fail too
+                and isinstance(saved["scope"], list)
+                and all(isinstance(s, str) for s in saved["scope"]))
+
+    def save(self, tokens):
+        """Write tokens to the file atomically, readable by its owner only.
+
+        The new content goes to a temporary file of a random name in the same
+        folder, created exclusively (never through a symlink, never a name another
+        user could have taken first), then renamed over PATH: a reader sees the old
+        file or the new one, never half of one. Then the folder itself is synced,
+        so that the rename survives a power cut.
+        """
+        content = json.dumps({field: getattr(tokens, field) for field in self.fields},
+                             indent=2).encode("utf-8")
+        fd, temporary = self.temporary_file()
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, self.path)
+        except BaseException:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+            raise
+        sync_folder(os.path.dirname(self.path))
+
+    def refresh(self, client, tokens, margin):
+        """Return the pair that follows tokens, taken or made under the file's lock.
+
+        Read, refresh, write: while one program does it, the others wait. Once the
+        lock is held, the file is read again: if another program rotated the pair
+        meanwhile, the file holds the live one, and it is used as it is (or, if it
+        too is about to expire, refreshed in turn). Our own refresh token would only
+        get invalid_grant. The lock is held for the refresh and its write only.
+        """
+        with self.locked():
+            try:
+                saved = self.load()
+            except ConfigError as e:  # changed meanwhile: not ours to overwrite
+                raise NotKept(str(e))
+            if saved is not None and saved.refresh_token != tokens.refresh_token:
+                if saved.expires_at is None or saved.expires_at - time.time() > margin:
+                    log.info("took the pair another program refreshed, from --token-file")
+                    client.trace.step("d", [
+                        "%s holds a newer pair than this program's: another program "
+                        "refreshed it; used as it is, no call" % self.path],
+                        "a refresh token works once: refreshing ours again would be "
+                        "refused, and log every program sharing the file out")
+                    return saved
+                tokens = saved
+            new = renewed(client, tokens)
+            try:
+                self.save(new)
+            except OSError as e:
+                raise NotKept("the login was refreshed, but %s could not take the new pair "
+                              "(%s): the file now holds a used refresh token, and the next "
+                              "run that reads it needs a login in the browser"
+                              % (self.path, e.strerror or e), tokens=new)
+            return new
+
+    def locked(self):
+        """Return a context manager that holds the file's lock: PATH.lock, exclusive.
+
+        The lock is the operating system's (flock, or msvcrt.locking on Windows): a
+        program that dies holding it releases it with its last breath.
+        """
+        return FileLock(self.path + ".lock", self.lock_wait)
+
+    def temporary_file(self):
+        """Return (descriptor, path) of a new file, 0600, of a random name beside PATH."""
+        return tempfile.mkstemp(prefix=".netatmo-tokens-", suffix=".tmp",
+                                dir=os.path.dirname(self.path))
+
+    def check_writable(self):
+        """Raise ConfigError unless a file can be created in the file's folder now,
+        and PATH.lock, if it is there, is a file of the running user."""
+        try:
+            fd, probe = self.temporary_file()
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise ConfigError("cannot write --token-file %r: its folder %r is missing or "
+                              "not writable (%s)" % (self.path, os.path.dirname(self.path),
+                                                     e.strerror or e))
+        try:
+            os.close(open_own_file(self.path + ".lock", os.O_RDONLY, "the lock file"))
+        except FileNotFoundError:
+            pass
+
+
+# File permissions and locks differ by platform; what follows holds the difference.
+
+try:
+    import fcntl  # POSIX: Linux, macOS, the BSDs
+    msvcrt = None
+except ImportError:  # Windows
+    import msvcrt
+    fcntl = None
+
+
+class FileLock(object):
+    """An exclusive lock on a file, for a `with` block, given up after `wait` seconds.
+
+    The lock file is checked as the token file is: a symlink, or a file that is not
+    the running user's, is refused. In a shared folder another user could create
+    PATH.lock first, and hold every run of this person's for ever.
+    """
+
+    def __init__(self, path, wait):
+        self.path = path
+        self.wait = wait
+        self.fd = None
+
+    def __enter__(self):
+        try:
+            self.fd = open_own_file(self.path, os.O_RDWR | os.O_CREAT, "the lock file")
+        except (OSError, ConfigError) as e:
+            raise NotKept(str(e) if isinstance(e, ConfigError) else "cannot open the lock "
+                          "file %r: %s" % (self.path, e.strerror or e))
+        deadline = time.time() + self.wait
+        while not self.try_lock():
+            if time.time() > deadline:
+                os.close(self.fd)
+                raise NotKept("another program is renewing this login: it has held %s for "
+                              "%g s; try again in a minute (if no other program should, "
+                              "check what holds it)" % (self.path, self.wait), busy=True)
+            time.sleep(0.05)  # flock cannot wait with a deadline; polling can
+        return self
+
+    def try_lock(self):
+        """Take the lock if it is free; return False if another program holds it."""
+        try:
+            if fcntl is not None:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:
+                msvcrt.locking(self.fd, msvcrt.LK_NBLCK, 1)
+        except (BlockingIOError, PermissionError):  # PermissionError: Windows says so
+            return False
+        return True
+
+    def __exit__(self, *exc_info):
+        if fcntl is None:
+            msvcrt.locking(self.fd, msvcrt.LK_UNLCK, 1)
+        os.close(self.fd)  # which releases flock's lock
+        return False
+
+
+def open_own_file(path, flags, what):
+    """Return a descriptor of path: a regular file of the running user, never a link.
+
+    It is opened without following a symlink, and without waiting: a FIFO planted
+    there cannot hang us. Raise FileNotFoundError if there is none, ConfigError
+    naming the file and what to do for anything else that is wrong.
+    """
+    if os.path.islink(path):  # O_NOFOLLOW's error would only say "too many levels"
+        raise ConfigError("%s %r is a symbolic link, refused on purpose: it could point at "
+                          "another user's file; name the file itself" % (what, path))
+    try:
+        fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_NONBLOCK", 0), 0o600)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ConfigError("cannot open %s %r: %s" % (what, path, e.strerror or e))
+    info = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = "%s %r is not a regular file; name a file of your own" % (what, path)
+    elif hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+        problem = ("%s %r belongs to another user; name a --token-file in a folder of your "
+                   "own, not a shared one such as /tmp" % (what, path))
+    if problem:
+        os.close(fd)
+        raise ConfigError(problem)
+    return fd
+
+
+def not_private(info):
+    """Return (what is wrong, what to do) if a file's owner or mode is not private.
+
+    On POSIX systems the file must not be readable by others (open_own_file saw
+    that it is the running user's: root must not adopt another user's login): a
+    login readable by all is no longer private. Windows has no such mode bits; a
+    file in the user's profile is protected by its folder's access control list.
+    """
+    if not hasattr(os, "geteuid"):
+        return None
+    if info.st_mode & 0o077:
+        return ("can be read by other users", "chmod 600 it, or delete it and log in again")
+    return None
+
+
+def sync_folder(folder):
+    """Flush a folder's entries (a rename) to disk; Windows cannot open a folder so."""
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---- Devices and their status -----------------------------------------------------
+# One row per device, from answers that list it in several shapes, with real quirks.
+
+# Netatmo's type codes: who makes each product, and the name people know it by
+# (pyatmo's device table, MIT). An unknown code is shown as itself, maker unknown.
+PRODUCTS = {
+    "NAMain": ("Netatmo", "Weather Station"), "NAModule1": ("Netatmo", "Outdoor Module"),
+    "NAModule2": ("Netatmo", "Anemometer"), "NAModule3": ("Netatmo", "Rain Gauge"),
+    "NAModule4": ("Netatmo", "Indoor Module"), "NHC": ("Netatmo", "Home Coach"),
+    "NAPlug": ("Netatmo", "Relay"), "NATherm1": ("Netatmo", "Thermostat"),
+    "NRV": ("Netatmo", "Valve"), "NAC": ("Netatmo", "AC Control"),
+    "OTH": ("Netatmo", "OpenTherm Gateway"), "OTM": ("Netatmo", "OpenTherm Thermostat"),
+    "NOC": ("Netatmo", "Outdoor Camera"), "NPC": ("Netatmo", "Indoor Camera Advance"),
+    "NACamera": ("Netatmo", "Indoor Camera"), "NSD": ("Netatmo", "Smoke Alarm"),
+    "NIS": ("Netatmo", "Siren"), "NACamDoorTag": ("Netatmo", "Door/Window Sensor"),
+    "NDB": ("Netatmo", "Doorbell"), "NCO": ("Netatmo", "CO Alarm"),
+    "NDL": ("Netatmo", "Door Lock"), "BNS": ("Smarther", "Smarther"),
+    "Z3L": ("third party", "Zigbee 3 light"), "Z3V": ("third party", "Zigbee 3 roller shutter"),
+    "EBU": ("third party", "EBU gas meter"), "NLPD": ("Drivia", "Dry contact"),
+    "TPSRS": ("Somfy", "io Shutter"), "NBG": ("Bubendorff", "Gateway"),
+    "NBR": ("Bubendorff", "Roller Shutter"), "NBO": ("Bubendorff", "Orientable Shutter"),
+    "NBS": ("Bubendorff", "Swing Shutter"), "NLG": ("Legrand", "Gateway"),
+    "NLGS": ("Legrand", "Gateway standalone"), "NLP": ("Legrand", "Plug"),
+    "NLPM": ("Legrand", "Mobile plug"), "NLPBS": ("Legrand", "British standard plugs"),
+    "NLF": ("Legrand", "Switch/Dimmer"),
+    "NLFE": ("Legrand", "2-wire light switch/dimmer evolution"),
+    "NLIS": ("Legrand", "Double switch"), "NLFN": ("Legrand", "Light switch/dimmer with neutral"),
+    "NLM": ("Legrand", "Light micro module"),
+    "NLL": ("Legrand", "Italian light switch with neutral"),
+    "NLLF": ("Legrand", "Centralized ventilation device"), "NLV": ("Legrand/BTicino", "Shutter"),
+    "NLLV": ("Legrand/BTicino", "Shutters"), "NLLM": ("Legrand/BTicino", "Shutters"),
+    "NLPO": ("Legrand", "Connected contactor"), "NLPT": ("Legrand", "Connected latching relay"),
+    "NLPC": ("Legrand", "Energy Meter"), "NLE": ("Legrand", "Connected ecometer"),
+    "NLPS": ("Legrand", "Smart load shedder"), "NLC": ("Legrand", "Cable outlet"),
+    "NLT": ("Legrand", "Global remote control"),
+    "NLAS": ("Legrand", "Wireless batteryless scene switch"), "NLD": ("Legrand", "Remote control"),
+    "NLDD": ("Legrand", "Dimmer"), "NLUP": ("Legrand", "Power outlet"),
+    "NLUO": ("Legrand", "Plug-in dimmer switch"), "NLUI": ("Legrand", "In-wall switch"),
+    "NLTS": ("Legrand", "Motion sensor"), "NLUF": ("Legrand", "In-wall dimmer"),
+    "NLJ": ("Legrand", "Garage door opener"), "BNCX": ("BTicino", "Internal Panel"),
+    "BNEU": ("BTicino", "External Unit"), "BNSL": ("BTicino", "Staircase Light"),
+    "BNDL": ("BTicino", "Door Lock"), "BNMS": ("BTicino", "Motorized Shade"),
+    "BNAS": ("BTicino", "Automatic Shutter"), "BNAB": ("BTicino", "Automatic Blind"),
+    "BNMH": ("BTicino", "MyHome server 1"), "BNTH": ("BTicino", "Thermostat"),
+    "BNFC": ("BTicino", "Fan coil"), "BNTR": ("BTicino", "Module towel rail"),
+    "BNIL": ("BTicino", "Intelligent light"), "BNLD": ("BTicino", "Dimmer"),
+    "BNCS": ("BTicino", "Controlled socket"),
+}
 
 # What each device reads, by Netatmo's name in a station's dashboard_data and ours.
 # The units are Netatmo's; no value is converted.
@@ -1372,372 +2111,57 @@ def status_of_modules(status):
     return [m for m in listed(home_of_status(status).get("modules")) if m.get("id")]
 
 
-# ---- Sessions ------------------------------------------------------------------
-
-class Logins(object):
-    """Logins in progress, kept by the browsers, not here: a signed cookie each.
-
-    GET /login makes a random nonce and hands the browser, in the netatmo_login
-    cookie, the nonce, its issue time and their HMAC-SHA256 under a key made at
-    start: never stored, never logged, new at every start. The login's `state` and
-    its PKCE `code_verifier` are derived from the nonce under the same key, so
-    neither is stored anywhere either. A flood of /login has nothing to fill and
-    nothing to evict: a person's login in progress costs this server nothing.
-
-    What the server does keep is bounded: the nonces of the logins that reached
-    Netatmo's token endpoint, until they expire, so that a state works once.
-    """
-
-    ttl = 10 * 60      # a login must come back from Netatmo within this many seconds
-    max_used = 10000   # used nonces remembered; past that the oldest are dropped
-
-    def __init__(self, clock=time.time):
-        self.clock = clock
-        self.key = secrets.token_bytes(32)
-        self.used = OrderedDict()  # nonce -> when its cookie expires, oldest first
-        self.lock = threading.Lock()
-
-    def start(self, owner=False):
-        """Return (cookie value, nonce) for a new login: nonce.issued.signature.
-
-        An owner's login (begun at the address printed in the terminal) is signed
-        for another purpose than anyone else's: it alone may write --token-file.
-        """
-        nonce = secrets.token_urlsafe(16)  # 128 bits
-        signed = "%s.%d" % (nonce, self.clock())
-        return signed + "." + self.mac("owner" if owner else "cookie", signed), nonce
-
-    def check(self, cookie):
-        """Return (nonce, owner, None) for a login cookie signed here less than ttl ago,
-        else (None, False, what is wrong with it)."""
-        if not cookie:
-            return None, False, "missing"
-        parts = cookie.split(".")
-        if len(parts) != 3 or not digits(parts[1]):
-            return None, False, "not one of ours (malformed)"
-        signed = parts[0] + "." + parts[1]
-        owner = hmac.compare_digest(parts[2].encode(), self.mac("owner", signed).encode())
-        if not owner and not hmac.compare_digest(parts[2].encode(),
-                                                 self.mac("cookie", signed).encode()):
-            return None, False, ("its signature does not match (tampered, or signed before "
-                                 "a restart)")
-        age = self.clock() - int(parts[1])
-        if not 0 <= age <= self.ttl:
-            return None, False, "older than 10 minutes"
-        return parts[0], owner, None
-
-    def state(self, nonce):
-        """Return the login's `state`: 43 characters derived from the nonce."""
-        return self.mac("state", nonce)
-
-    def code_verifier(self, nonce):
-        """Return the login's PKCE code_verifier (RFC 7636): 43 characters."""
-        return self.mac("code_verifier", nonce)
-
-    def mac(self, purpose, text):
-        """Return HMAC-SHA256(key, purpose:text) in unpadded base64url."""
-        digest = hmac.new(self.key, ("%s:%s" % (purpose, text)).encode("utf-8"),
-                          hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-    def use(self, nonce):
-        """Mark a login's nonce used; return False if it was used already."""
-        now = self.clock()
-        with self.lock:
-            while self.used and (next(iter(self.used.values())) < now
-                                 or len(self.used) >= self.max_used):
-                self.used.popitem(last=False)
-            if nonce in self.used:
-                return False
-            self.used[nonce] = now + self.ttl
-            return True
-
-
-def digits(text):
-    """Return True if text is one or more ASCII digits (str.isdigit also takes "\u00b2")."""
-    return bool(text) and not text.strip("0123456789")
-
-
-def code_challenge(code_verifier):
-    """Return the S256 PKCE challenge: BASE64URL(SHA256(code_verifier)), unpadded."""
-    digest = hashlib.sha256(code_verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
-class LoginExpired(Exception):
-    """Netatmo no longer honours this session's refresh token: log in again."""
-
-
-class NotKept(Exception):
-    """--token-file could not keep the login; the message says why and what to do.
-
-    Either its lock could not be had (`busy`: another program held it past the wait;
-    else the lock file itself is wrong), and nothing was refreshed: the pair in the
-    file is alive. Or a refresh worked but the file could not take the new pair
-    (`tokens`): the file now holds a used refresh token, and the next run needs a login.
-    """
-
-    def __init__(self, message, tokens=None, busy=False):
-        Exception.__init__(self, message)
-        self.tokens = tokens
-        self.busy = busy
-
-
 DeviceList = namedtuple("DeviceList", "devices not_granted status_problems failed fetched_at")
 
 
-class Session(object):
-    """A logged-in browser: its tokens, its cached device list, and their locks."""
-    __slots__ = ("tokens", "last_seen", "lock", "device_list", "fetch_lock", "token_file",
-                 "not_kept", "home_ids")
-
-    # Refresh this many seconds before the access token runs out.
-    refresh_margin = 60
-
-    def __init__(self, tokens, now):
-        self.tokens = tokens
-        self.last_seen = now
-        self.lock = threading.Lock()        # one refresh at a time
-        self.device_list = None             # the last DeviceList fetched
-        self.fetch_lock = threading.Lock()  # one fetch at a time
-        self.token_file = None   # --token-file, when this session's pair is the file's
-        self.not_kept = None     # why the file lost this session's pair, if it did
-        self.home_ids = []       # the homes with modules that homesdata named last
-
-    def devices(self, fetch, max_age):
-        """Return the cached DeviceList if younger than max_age seconds, else fetch().
-
-        Netatmo allows 50 calls per 10 seconds per user: a page reloaded, or opened
-        in several tabs, is served from the list fetched last, and concurrent
-        requests wait for one fetch instead of making their own.
-        """
-        if max_age <= 0:
-            return fetch()
-        with self.fetch_lock:
-            cached = self.device_list
-            if cached is None or time.time() - cached.fetched_at >= max_age:
-                cached = self.device_list = fetch()
-            return cached
-
-    def access_token(self, client):
-        """Return an access token that is good for at least refresh_margin seconds.
-
-        A token that lives less than twice the margin is refreshed at half its life,
-        not on every call.
-        """
-        tokens = self.tokens
-        margin = self.refresh_margin
-        if tokens.lifetime is not None:
-            margin = min(margin, tokens.lifetime / 2)
-        if tokens.expires_at is None or tokens.expires_at - time.time() > margin:
-            return tokens.access_token
-        return self.refresh(client, tokens.access_token)
-
-    def refresh(self, client, stale_access_token=None):
-        """Refresh the tokens once, however many threads ask; return the access token.
-
-        Netatmo rotates refresh tokens: the first refresh retires the old pair, and a
-        second one with the same refresh token logs the person out. So one thread
-        refreshes under the lock; the others wait for it and use its result. A thread
-        that names the access token it found stale gets the new one if a refresh
-        already happened since.
-        """
-        with self.lock:
-            tokens = self.tokens
-            if stale_access_token is not None and tokens.access_token != stale_access_token:
-                return tokens.access_token
-            self.tokens = self.renew(client, tokens)
-            return self.tokens.access_token
-
-    def renew(self, client, tokens):
-        """Return the pair that follows tokens: through --token-file if this session has it.
-
-        The file is shared with other programs (a cron job, a script): its lock makes
-        one refresh at a time among all of them, and a pair one of them rotated is
-        taken from the file instead of being refreshed again. Without the lock there
-        is no refresh at all (NotKept goes up): refreshing anyway would retire the
-        refresh token the file holds, and log out every program that shares it.
-        A new pair the file cannot take is used all the same, said loudly, and this
-        session no longer writes the file.
-        """
-        if self.token_file is None:
-            return renewed(client, tokens)
-        try:
-            return self.token_file.refresh(client, tokens, self.refresh_margin)
-        except NotKept as e:
-            if e.tokens is None:
-                raise
-            log.error("%s", e)
-            self.not_kept, self.token_file = str(e), None
-            return e.tokens
-
-    def api_get(self, client, name, params=()):
-        """Return the body of /api/<name>; on code 2 or 3, refresh once and retry.
-
-        Netatmo kills the old access token at each refresh, so under load a call can
-        be refused because another request of this session rotated the tokens while
-        it was on its way. Such a call is retried with the new token, without a
-        refresh of its own. A call refused with the current token refreshes once; again
-        only if that token has lived its whole life while the call waited (a token
-        Netatmo sends already expired does not make us refresh in a loop).
-        """
-        access_token = self.access_token(client)
-        refreshed = False
-        for attempts_left in reversed(range(5)):
-            try:
-                return client.api_get(name, access_token, params)
-            except NetatmoError as error:
-                if error.code not in (2, 3) or attempts_left == 0:  # 2 invalid, 3 expired
-                    raise
-                tokens = self.tokens
-                if tokens.access_token != access_token:
-                    access_token = tokens.access_token  # rotated meanwhile: retry
-                    if client.trace is not None:
-                        client.trace.step("e", [
-                            "refused with code %s: another request of this session "
-                            "rotated the tokens meanwhile" % error.code,
-                            "-> sent again with the new access token, without a refresh"],
-                            "Netatmo kills the old access token at each refresh")
-                elif refreshed and not outlived(tokens):
-                    raise
-                else:
-                    access_token = self.refresh(client, access_token)
-                    refreshed = True
-
-
-def renewed(client, tokens):
-    """Return new Tokens from Netatmo for tokens' refresh token, which then dies."""
-    try:
-        new = client.refresh(tokens.refresh_token)
-    except NetatmoError as e:
-        if e.error == "invalid_grant":
-            raise LoginExpired()
-        raise
-    log.info("refreshed the tokens of a session")
-    return new
-
-
-def outlived(tokens):
-    """Return True if a token with a real lifetime has reached its expiry by our clock."""
-    return bool(tokens.lifetime and tokens.lifetime > 0 and time.time() >= tokens.expires_at)
-
-
-class SessionStore(object):
-    """Logged-in sessions, keyed by random cookie values, under one lock."""
-
-    session_ttl = 24 * 60 * 60   # a session unused for this long is forgotten
-
-    def __init__(self, clock=time.time):
-        self.clock = clock
-        self.lock = threading.Lock()
-        self.sessions = {}
-        self.next_sweep = 0
-
-    def create(self, tokens):
-        """Return (new cookie value, Session) for tokens just obtained."""
-        now = self.clock()
-        session = Session(tokens, now)
-        sid = secrets.token_urlsafe(32)
-        with self.lock:
-            self.sessions[sid] = session
-            self.sweep(now)
-        return sid, session
-
-    def get(self, sid):
-        """Return the live Session of this cookie value, or None."""
-        now = self.clock()
-        with self.lock:
-            session = self.sessions.get(sid)
-            if session is None:
-                return None
-            if now - session.last_seen > self.session_ttl:
-                del self.sessions[sid]
-                return None
-            session.last_seen = now
-            return session
-
-    def delete(self, sid):
-        """Forget the session of this cookie value."""
-        with self.lock:
-            self.sessions.pop(sid, None)
-
-    def sweep(self, now):
-        """Drop expired sessions, at most once a minute; the caller holds the lock."""
-        if now < self.next_sweep:
-            return
-        self.next_sweep = now + 60
-        for sid in [s for s, x in self.sessions.items()
-                    if now - x.last_seen > self.session_ttl]:
-            del self.sessions[sid]
-
-
-def fetch_device_list(session, client, requested_scopes):
-    """Return a DeviceList fresh from Netatmo, asking every endpoint at once (step e).
-
-    Every endpoint the granted scopes allow is called at once, so the page waits
-    for the slowest call, not for the sum of them. An endpoint that answers
-    403 code 13 is a product line not granted, not a failure.
-
-    With read_thermostat, each home that has modules gets one more call, to
-    /api/homestatus, for its devices' status. Home ids come from homesdata, so the
-    first fetch of a session asks for the statuses once homesdata has answered;
-    the session remembers them, and every later fetch sends all its calls at once.
-    Status adds to the list and never takes it away: a homestatus call that fails
-    leaves that home's devices listed, their status unknown, and says why.
-
-    Netatmo's backends fail one endpoint at a time: a product line that fails is
-    named in `failed`, and the lines that answered are listed. Only when every line
-    the token may read fails does the fetch fail (NetatmoError: the page's 502, 504
-    or 429).
-    """
-    granted = set(session.tokens.scope)
-    calls = [(name, scope, line) for name, scope, line in DEVICE_ENDPOINTS
-             if scope in granted]
-    not_granted = [(scope, line) for name, scope, line in DEVICE_ENDPOINTS
+def readable_lines(granted, requested_scopes):
+    """Return (the device endpoints the granted scopes allow, [(scope, line)] not granted)."""
+    lines = [name for name, scope, _ in DEVICE_ENDPOINTS if scope in granted]
+    not_granted = [(scope, line) for _, scope, line in DEVICE_ENDPOINTS
                    if scope in requested_scopes.split() and scope not in granted]
-    known = list(session.home_ids)  # none until homesdata, with read_thermostat, answers
-    results = client.in_parallel([lambda name=name: session.api_get(client, name)
-                                  for name, _, _ in calls] +
-                                 [home_status(session, client, home_id) for home_id in known])
-    for _, error in results:
+    return lines, not_granted
+
+
+def sort_answers(lines, answers, not_granted):
+    """Return ({endpoint: body}, [failed product lines]) of the device endpoints' answers.
+
+    An endpoint that answers 403 code 13 is a product line not granted (added to
+    not_granted), not a failure. Netatmo's backends fail one endpoint at a time: a
+    line that fails is named, and the others are listed. Only when every line the
+    token may read fails does the fetch fail, with the reason of one of them.
+    """
+    for _, error in answers:
         if isinstance(error, LoginExpired):
             raise error
-    bodies, failed = {}, []
-    for (name, scope, line), (body, error) in zip(calls, results):
+    bodies, failed, errors = {}, [], []
+    for name, (body, error) in zip(lines, answers):
+        scope, line = {e: (s, l) for e, s, l in DEVICE_ENDPOINTS}[name]
         if isinstance(error, NetatmoError) and error.code == 13:
             not_granted.append((scope, line))
         elif isinstance(error, NetatmoError):
-            failed.append((name, line, error))
+            failed.append({"endpoint": name, "product_line": line, "message": error.message})
+            errors.append(error)
         elif error is not None:
             raise error  # a bug of ours, or the token file's lock: not Netatmo's
         else:
             bodies[name] = body
-    if failed and not bodies:  # every line that may be read failed: say why, as one
-        raise next((e for _, _, e in failed if e.rate_limited), failed[0][2])
-    homes = home_ids(bodies.get("homesdata")) if "homesdata" in bodies else known
-    statuses = dict(zip(known, results[len(calls):]))
-    later = [home_id for home_id in homes if home_id not in statuses]
-    statuses.update(zip(later, client.in_parallel([home_status(session, client, home_id)
-                                                   for home_id in later])))
-    session.home_ids = homes
+    if errors and not bodies:  # every line that may be read failed: say why, as one
+        raise next((e for e in errors if e.rate_limited), errors[0])
+    return bodies, failed
+
+
+def home_statuses(answers, homes):
+    """Return {home id: homestatus body, or the NetatmoError of its call} of the homes.
+
+    Status adds to the list and never takes it away: a homestatus call that fails
+    leaves that home's devices listed, their status unknown, and says why.
+    """
     statuses = {home_id: body if error is None else error
-                for home_id, (body, error) in statuses.items() if home_id in homes}
+                for home_id, (body, error) in answers.items() if home_id in homes}
     for status in statuses.values():
-        if isinstance(status, LoginExpired):
-            raise status
         if isinstance(status, Exception) and not isinstance(status, NetatmoError):
-            raise status  # a bug of ours, not Netatmo's
-    if "homesdata" not in bodies:
-        statuses = {}  # no homes listed: their status has no device to go to
-    return DeviceList(devices_of(bodies, statuses),
-                      not_granted, status_problems(bodies.get("homesdata"), statuses),
-                      [{"endpoint": name, "product_line": line, "message": e.message}
-                       for name, line, e in failed], time.time())
-
-
-def home_status(session, client, home_id):
-    """Return a function that gets the /api/homestatus body of one home."""
-    return lambda: session.api_get(client, "homestatus", (("home_id", home_id),))
+            raise status  # the login ended, a bug of ours, or the token file's lock
+    return statuses
 
 
 def outcome(function):
@@ -1748,268 +2172,8 @@ def outcome(function):
         return None, error
 
 
-# ---- Keeping tokens in a file (--token-file) ------------------------------------
-
-class TokenFile(object):
-    """The JSON file where --token-file keeps the tokens for later runs and scripts.
-
-    Netatmo rotates refresh tokens, so the file is rewritten after every refresh:
-    a file that kept an old refresh token would hold a dead login.
-    """
-
-    fields = ("access_token", "refresh_token", "expires_at", "scope")
-    lock_wait = 60.0  # seconds to wait for another program's refresh, then give up
-
-    def __init__(self, path):
-        self.path = os.path.abspath(path)
-
-    def load(self):
-        """Return the Tokens saved in the file, None if there is no file.
-
-        Raise ConfigError for a file that is unreadable, corrupt, not a regular file,
-        another user's or readable by other users, or not a token file at all (we
-        will not overwrite someone else's file).
-        """
-        try:
-            fd = open_own_file(self.path, os.O_RDONLY, "--token-file")
-        except FileNotFoundError:
-            return None
-        with os.fdopen(fd, "rb") as f:
-            problem = not_private(os.fstat(f.fileno()))
-            if problem:
-                raise ConfigError("--token-file %r %s; it holds your Netatmo login: %s"
-                                  % (self.path, problem[0], problem[1]))
-            raw = f.read(1024 * 1024)
-        try:
-            saved = json.loads(raw.decode("utf-8"))
-        except (ValueError, RecursionError):
-            saved = None
-        if not self.well_formed(saved):
-            raise ConfigError("--token-file %r is not a token file of this program (or it "
-                              "is corrupt); it was left as it is: delete it or name "
-                              "another file" % self.path)
-        if not saved["refresh_token"]:
-            return None
-        return Tokens(saved["access_token"], saved["refresh_token"], saved["expires_at"],
-                      list(saved["scope"]), None)
-
-    def well_formed(self, saved):
-        """Return True if saved holds our four fields, each of the type we write."""
-        if not isinstance(saved, dict) or not set(self.fields) <= set(saved):
-            return False
-        expires_at = saved["expires_at"]
-        return (isinstance(saved["access_token"], str)
-                and isinstance(saved["refresh_token"], str)
-                and (expires_at is None or type(expires_at) in (int, float)
-                     and abs(expires_at) < 1e12)  # NaN and infinities fail too
-                and isinstance(saved["scope"], list)
-                and all(isinstance(s, str) for s in saved["scope"]))
-
-    def save(self, tokens):
-        """Write tokens to the file atomically, readable by its owner only.
-
-        The new content goes to a temporary file of a random name in the same
-        folder, created exclusively (never through a symlink, never a name another
-        user could have taken first), then renamed over PATH: a reader sees the old
-        file or the new one, never half of one. Then the folder itself is synced,
-        so that the rename survives a power cut.
-        """
-        content = json.dumps({field: getattr(tokens, field) for field in self.fields},
-                             indent=2).encode("utf-8")
-        fd, temporary = self.temporary_file()
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(content)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
-            raise
-        sync_folder(os.path.dirname(self.path))
-
-    def refresh(self, client, tokens, margin):
-        """Return the pair that follows tokens, taken or made under the file's lock.
-
-        Read, refresh, write: while one program does it, the others wait. Once the
-        lock is held, the file is read again: if another program rotated the pair
-        meanwhile, the file holds the live one, and it is used as it is (or, if it
-        too is about to expire, refreshed in turn). Our own refresh token would only
-        get invalid_grant. The lock is held for the refresh and its write only.
-        """
-        with self.locked():
-            try:
-                saved = self.load()
-            except ConfigError as e:  # changed meanwhile: not ours to overwrite
-                raise NotKept(str(e))
-            if saved is not None and saved.refresh_token != tokens.refresh_token:
-                if saved.expires_at is None or saved.expires_at - time.time() > margin:
-                    log.info("took the pair another program refreshed, from --token-file")
-                    if client.trace is not None:
-                        client.trace.step("d", [
-                            "%s holds a newer pair than this program's: another program "
-                            "refreshed it; used as it is, no call" % self.path],
-                            "a refresh token works once: refreshing ours again would be "
-                            "refused, and log every program sharing the file out")
-                    return saved
-                tokens = saved
-            new = renewed(client, tokens)
-            try:
-                self.save(new)
-            except OSError as e:
-                raise NotKept("the login was refreshed, but %s could not take the new pair "
-                              "(%s): the file now holds a used refresh token, and the next "
-                              "run that reads it needs a login in the browser"
-                              % (self.path, e.strerror or e), tokens=new)
-            return new
-
-    def locked(self):
-        """Return a context manager that holds the file's lock: PATH.lock, exclusive.
-
-        The lock is the operating system's (flock, or msvcrt.locking on Windows): a
-        program that dies holding it releases it with its last breath.
-        """
-        return FileLock(self.path + ".lock", self.lock_wait)
-
-    def temporary_file(self):
-        """Return (descriptor, path) of a new file, 0600, of a random name beside PATH."""
-        return tempfile.mkstemp(prefix=".netatmo-tokens-", suffix=".tmp",
-                                dir=os.path.dirname(self.path))
-
-    def check_writable(self):
-        """Raise ConfigError unless a file can be created in the file's folder now,
-        and PATH.lock, if it is there, is a file of the running user."""
-        try:
-            fd, probe = self.temporary_file()
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as e:
-            raise ConfigError("cannot write --token-file %r: its folder %r is missing or "
-                              "not writable (%s)" % (self.path, os.path.dirname(self.path),
-                                                     e.strerror or e))
-        try:
-            os.close(open_own_file(self.path + ".lock", os.O_RDONLY, "the lock file"))
-        except FileNotFoundError:
-            pass
-
-
-# File permissions and locks differ by platform; what follows holds the difference.
-
-try:
-    import fcntl  # POSIX: Linux, macOS, the BSDs
-    msvcrt = None
-except ImportError:  # Windows
-    import msvcrt
-    fcntl = None
-
-
-class FileLock(object):
-    """An exclusive lock on a file, for a `with` block, given up after `wait` seconds.
-
-    The lock file is checked as the token file is: a symlink, or a file that is not
-    the running user's, is refused. In a shared folder another user could create
-    PATH.lock first, and hold every run of this person's for ever.
-    """
-
-    def __init__(self, path, wait):
-        self.path = path
-        self.wait = wait
-        self.fd = None
-
-    def __enter__(self):
-        try:
-            self.fd = open_own_file(self.path, os.O_RDWR | os.O_CREAT, "the lock file")
-        except (OSError, ConfigError) as e:
-            raise NotKept(str(e) if isinstance(e, ConfigError) else "cannot open the lock "
-                          "file %r: %s" % (self.path, e.strerror or e))
-        deadline = time.time() + self.wait
-        while not self.try_lock():
-            if time.time() > deadline:
-                os.close(self.fd)
-                raise NotKept("another program is renewing this login: it has held %s for "
-                              "%g s; try again in a minute (if no other program should, "
-                              "check what holds it)" % (self.path, self.wait), busy=True)
-            time.sleep(0.05)  # flock cannot wait with a deadline; polling can
-        return self
-
-    def try_lock(self):
-        """Take the lock if it is free; return False if another program holds it."""
-        try:
-            if fcntl is not None:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            else:
-                msvcrt.locking(self.fd, msvcrt.LK_NBLCK, 1)
-        except (BlockingIOError, PermissionError):  # PermissionError: Windows says so
-            return False
-        return True
-
-    def __exit__(self, *exc_info):
-        if fcntl is None:
-            msvcrt.locking(self.fd, msvcrt.LK_UNLCK, 1)
-        os.close(self.fd)  # which releases flock's lock
-        return False
-
-
-def open_own_file(path, flags, what):
-    """Return a descriptor of path: a regular file of the running user, never a link.
-
-    It is opened without following a symlink, and without waiting: a FIFO planted
-    there cannot hang us. Raise FileNotFoundError if there is none, ConfigError
-    naming the file and what to do for anything else that is wrong.
-    """
-    if os.path.islink(path):  # O_NOFOLLOW's error would only say "too many levels"
-        raise ConfigError("%s %r is a symbolic link, refused on purpose: it could point at "
-                          "another user's file; name the file itself" % (what, path))
-    try:
-        fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0)
-                     | getattr(os, "O_NONBLOCK", 0), 0o600)
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        raise ConfigError("cannot open %s %r: %s" % (what, path, e.strerror or e))
-    info = os.fstat(fd)
-    problem = None
-    if not stat.S_ISREG(info.st_mode):
-        problem = "%s %r is not a regular file; name a file of your own" % (what, path)
-    elif hasattr(os, "geteuid") and info.st_uid != os.geteuid():
-        problem = ("%s %r belongs to another user; name a --token-file in a folder of your "
-                   "own, not a shared one such as /tmp" % (what, path))
-    if problem:
-        os.close(fd)
-        raise ConfigError(problem)
-    return fd
-
-
-def not_private(info):
-    """Return (what is wrong, what to do) if a file's owner or mode is not private.
-
-    On POSIX systems the file must not be readable by others (open_own_file saw
-    that it is the running user's: root must not adopt another user's login): a
-    login readable by all is no longer private. Windows has no such mode bits; a
-    file in the user's profile is protected by its folder's access control list.
-    """
-    if not hasattr(os, "geteuid"):
-        return None
-    if info.st_mode & 0o077:
-        return ("can be read by other users", "chmod 600 it, or delete it and log in again")
-    return None
-
-
-def sync_folder(folder):
-    """Flush a folder's entries (a rename) to disk; Windows cannot open a folder so."""
-    if os.name == "nt":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# ---- Pages ---------------------------------------------------------------------
+# ---- Pages ------------------------------------------------------------------------
+# Whole pages, every value escaped, nothing loaded from elsewhere.
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:80rem;
@@ -2219,7 +2383,9 @@ def error_page(error):
                    escape(error.link), escape(error.link_text)))
 
 
-# ---- The HTTP handler ----------------------------------------------------------
+# ---- The HTTP handler -------------------------------------------------------------
+# Routing, reading within caps, writing with the headers that keep a page to itself,
+# and every error turned into a page in one place.
 
 class PageError(Exception):
     """Stop handling a request and answer with this status and explanation."""
@@ -2236,6 +2402,15 @@ class PageError(Exception):
         self.headers = headers
         self.exit_status = exit_status  # with --once: how the run ends (None: it goes on)
         self.form = form        # (action, label) of a button that POSTs, before the link
+
+
+class Redirect(Exception):
+    """Stop handling a request and send the browser elsewhere."""
+
+    def __init__(self, status, location):
+        Exception.__init__(self, location)
+        self.status = status
+        self.location = location
 
 
 def not_kept_page(error, logged_in=False):
@@ -2256,22 +2431,11 @@ def login_again(status, title, explanation, error="login_failed",
                      exit_status=exit_status)
 
 
-# What usually causes each error Netatmo may send back to the redirect URI.
-AUTHORIZE_ERRORS = {
-    "redirect_uri_mismatch": "The redirect URI this program sent is not the one registered "
-                             "for your app at dev.netatmo.com. Register it exactly (scheme, "
-                             "host, port and path) or set --redirect-uri to the registered one.",
-    "invalid_client": "Netatmo does not know this client id. Check --client-id; a new app "
-                      "can take a few minutes to become active.",
-    "invalid_scope": "Netatmo refused a scope this program asked for. Check --scopes.",
-    "invalid_request": "Netatmo found the login request malformed. Check --client-id, "
-                       "--redirect-uri and --scopes. If Netatmo's page named "
-                       "code_challenge, start this program with --no-pkce.",
-}
-
-
 def page_error_for(error):
     """Return the PageError that tells a person what a NetatmoError means for them."""
+    if error.error == "invalid_grant":  # a refresh's becomes LoginExpired: the code's
+        return login_again(400, "This login link was already used or expired",
+                           "Netatmo did not accept the code in it. Start a new login.")
     if error.rate_limited:
         return PageError(429, "Netatmo's limit was reached",
                          "Netatmo allows each user about 50 calls per 10 seconds and 500 "
@@ -2321,7 +2485,7 @@ class CappedHead(object):
 
 
 class Handler(BaseHTTPRequestHandler):
-    """Routes each request to a method, and turns every error into a page."""
+    """Routes each request to its step or route, and turns every error into a page."""
 
     protocol_version = "HTTP/1.1"   # keep-alive: every answer says its Content-Length
     default_request_version = "HTTP/1.0"  # even an unreadable request gets a status line
@@ -2336,16 +2500,16 @@ class Handler(BaseHTTPRequestHandler):
     # algorithm the second waits for the client's delayed ACK: 40 ms on every answer.
     disable_nagle_algorithm = True
 
-    # path: {method: handler method}
+    # path: {method: the step of Part 1, or the route of Part 2, that answers it}
     routes = {
-        "/": {"GET": "show_home"},
-        "/login": {"GET": "login"},
-        "/authenticate": {"GET": "authenticate", "POST": "cancel_login"},
-        "/devices": {"GET": "show_devices", "POST": "fetch_again"},
-        "/devices.json": {"GET": "devices_json"},
-        "/refresh": {"POST": "force_refresh"},
-        "/logout": {"POST": "logout"},
-        "/healthz": {"GET": "healthz"},
+        "/": {"GET": show_home},
+        "/login": {"GET": login},
+        "/authenticate": {"GET": authenticate, "POST": cancel_login},
+        "/devices": {"GET": show_devices, "POST": fetch_again},
+        "/devices.json": {"GET": devices_json},
+        "/refresh": {"POST": force_refresh},
+        "/logout": {"POST": logout},
+        "/healthz": {"GET": healthz},
     }
 
     def setup(self):
@@ -2400,14 +2564,18 @@ class Handler(BaseHTTPRequestHandler):
                 raise PageError(404, "Page not found", "There is nothing at %s here."
                                 % urllib.parse.unquote(path)[:200].translate(
                                     CONTROL_CHARACTERS))
-            name = methods.get("GET" if self.command == "HEAD" else self.command)
-            if name is None:
+            route = methods.get("GET" if self.command == "HEAD" else self.command)
+            if route is None:
                 allow = ", ".join(sorted(set(methods) | ({"HEAD"} if "GET" in methods else set())))
                 raise PageError(405, "Method not allowed", "This address answers %s only."
                                 % allow, headers=(("Allow", allow),))
             if self.command == "POST":
                 self.check_origin()
-            getattr(self, name)()
+            route(self.server, self)
+        except Redirect as redirect:
+            self.redirect(redirect.status, redirect.location)
+        except LoginExpired:
+            self.dispatch_error(self.login_expired())
         except NetatmoError as error:
             self.dispatch_error(page_error_for(error))
         except NotKept as error:
@@ -2442,266 +2610,11 @@ class Handler(BaseHTTPRequestHandler):
             self.server.outcome.finish(error.exit_status, "%s. %s" % (error.title,
                                                                       error.explanation))
 
-    # -- the steps of the flow --
-
-    def show_home(self):
-        """GET /: the start page."""
-        self.send_html(200, home_page(self.logged_in()[1]))
-
-    def login(self):
-        """GET /login: (a) receive the authorization request, (b) redirect to Netatmo."""
-        config = self.server.config
-        key = self.server.login_key
-        given = one(urllib.parse.parse_qs(self.query), "k")
-        owner = key is not None and given is not None and hmac.compare_digest(
-            given.encode(), key.encode())
-        if (config.terminal or given is not None) and not owner:
-            raise PageError(403, "Open the address printed in the terminal",
-                            "This program lets one login, or the login it saves for "
-                            "scripts, start only at the address it printed in the terminal "
-                            "that started it (/login?k=...). Copy that whole address into "
-                            "the browser.")
-        host = self.headers.get("Host")
-        if host and not same_origin(config.redirect_uri, host):
-            # The cookie we set here must come back on the redirect URI's origin. The
-            # printed address is on that origin; the key never goes into a redirect.
-            if owner:
-                raise PageError(400, "Open the address printed in the terminal",
-                                "It begins with %s, the origin of the redirect URI: the "
-                                "login must start there." % config.origin)
-            self.redirect(302, config.origin + "/login")
-            return
-        # (a) Receive the authorization request: a new login, kept in a signed cookie.
-        # The session cookie, if any, is left alone: a link to /login from another
-        # site must not log the person out. Only a login that succeeds replaces it.
-        logins = self.server.logins
-        cookie, nonce = logins.start(owner)
-        state = logins.state(nonce)
-        verifier = logins.code_verifier(nonce) if config.pkce else None
-        challenge = verifier and code_challenge(verifier)
-        if self.server.trace is not None:  # told before the answer, which moves on
-            self.trace_login(cookie, state, challenge)
-        self.set_cookie(self.server.config.login_cookie_name, cookie, "/authenticate",
-                        logins.ttl)
-        # (b) Redirect the browser to Netatmo's consent page.
-        self.redirect(302, self.server.netatmo.authorize_url(state, challenge))
-
-    def trace_login(self, cookie, state, challenge):
-        """--trace: steps (a) and (b), as GET /login answers them."""
-        config, trace = self.server.config, self.server.trace
-        trace.step("a", [
-            "GET /login from %s" % self.client_address[0],
-            "-> Set-Cookie: %s=<a random nonce and its time, signed with HMAC-SHA256: %s>; "
-            "Path=/authenticate; Max-Age=600" % (config.login_cookie_name, hidden(cookie))],
-            "the login's state and PKCE verifier are derived from the nonce under a key "
-            "only this run knows: the server keeps nothing for a login in progress")
-        trace.step("b", [
-            "-> 302 Location: %s/oauth2/authorize" % config.api_url,
-            "  client_id=%s redirect_uri=%s scope=%s response_type=code"
-            % (config.client_id, config.redirect_uri, config.scopes),
-            "  state: %s%s" % (hidden(state), "" if challenge is None else
-                               "; code_challenge: %s (code_challenge_method=S256)"
-                               % hidden(challenge))],
-            "the person logs in and approves at Netatmo, never here; the state comes back "
-            "with the answer and proves it is this browser's")
-
-    def authenticate(self):
-        """GET /authenticate: (c) receive the code, (d) exchange it for tokens."""
-        params = urllib.parse.parse_qs(self.query, keep_blank_values=True)
-        # (c) Receive the code, and the state that proves this browser asked for it:
-        # the login cookie must be signed here, younger than 10 minutes, and the
-        # state derived from its nonce. This is what stops a forged callback.
-        logins = self.server.logins
-        nonce, owner, problem = logins.check(self.single_cookie(
-            self.server.config.login_cookie_name))
-        state = one(params, "state")
-        matches = nonce is not None and state is not None and hmac.compare_digest(
-            state.encode(), logins.state(nonce).encode())
-        error, code = one(params, "error"), one(params, "code")
-        if error is not None and nonce is not None and state is None:
-            self.trace_callback(code, state, problem, matches, "Netatmo's error=%s came "
-                                "without a state: it may be Netatmo's, or a link from "
-                                "another site; the person decides, nothing ends"
-                                % error_name(error))
-            raise self.authorize_error(error, one(params, "error_description"), owner,
-                                       final=False)
-        if error is not None and matches:  # Netatmo's "no" to this person's login
-            self.trace_callback(code, state, problem, matches, "Netatmo's error=%s came "
-                                "with this login's state: the login ends" % error_name(error))
-            self.expire_cookie(self.server.config.login_cookie_name, "/authenticate")
-            raise self.authorize_error(error, one(params, "error_description"), owner)
-        valid = error is None and bool(code) and matches
-        first_use = valid and logins.use(nonce)
-        self.trace_callback(code, state, problem, matches, "accepted: on to step (d)"
-                            if first_use else "refused: 400, and nothing sent to Netatmo"
-                            if error is None else "Netatmo's error=%s is not this login's "
-                            "answer (no login cookie, or another state): refused, nothing "
-                            "ends" % error_name(error), used=valid and not first_use)
-        if not first_use:
-            raise login_again(400, "This login link is not valid",
-                              "It was already used, it expired (a login must be finished "
-                              "within 10 minutes), or it was started in another browser "
-                              "or tab, or before this program restarted. Start a new "
-                              "login.", error="invalid_state", exit_status=None)
-        # (d) Exchange the code for tokens, and keep them under a new session id.
-        try:
-            tokens = self.server.netatmo.exchange_code(
-                code, logins.code_verifier(nonce) if self.server.config.pkce else None)
-        except NetatmoError as e:
-            if e.error == "invalid_grant":
-                raise login_again(400, "This login link was already used or expired",
-                                  "Netatmo did not accept the code in it. Start a new login.")
-            raise
-        old_sid = self.session_id()
-        if old_sid:  # a new login replaces the browser's old one
-            self.server.sessions.delete(old_sid)
-        sid, session = self.server.sessions.create(tokens)
-        not_kept = None
-        if owner and self.server.config.token_file is not None:
-            try:
-                self.server.keep_tokens(session)
-            except NotKept as e:
-                not_kept = e
-        self.set_cookie(self.server.config.cookie_name, sid)
-        self.expire_cookie(self.server.config.login_cookie_name, "/authenticate")
-        if self.server.trace is not None:
-            self.server.trace.step("d", [
-                "-> Set-Cookie: %s=<a new random session id: %s>; HttpOnly; SameSite=Lax"
-                % (self.server.config.cookie_name, hidden(sid)),
-                "-> Set-Cookie: %s=; Max-Age=0 (this login is over)"
-                % self.server.config.login_cookie_name],
-                "the tokens stay in this server's memory: the browser holds only an id "
-                "that means nothing to anyone else, and a new one at each login")
-        if self.server.outcome is not None:  # the terminal gets the token or the devices
-            found = None if self.server.config.print_token else self.device_list(sid, session)
-            self.send_html(200, page("Done", "<p>The terminal has %s. You may close this "
-                                             "tab.</p>" % ("your access token" if found is None
-                                                           else "the list of your %d devices"
-                                                           % len(found.devices))))
-            not_kept = not_kept or session.not_kept
-            self.server.outcome.finish(Exit.NOT_KEPT if not_kept else Exit.DONE,
-                                       not_kept and str(not_kept), found, session.tokens)
-            return
-        if not_kept is not None:  # this browser is logged in; the file kept its login
-            raise not_kept_page(not_kept, logged_in=True)
-        self.redirect(303, "/devices")
-
-    def cancel_login(self):
-        """POST /authenticate: the person cancels the login that Netatmo's answer named."""
-        logins = self.server.logins
-        nonce, _, problem = logins.check(self.single_cookie(
-            self.server.config.login_cookie_name))
-        if nonce is None or not logins.use(nonce):
-            raise login_again(400, "There is no login to cancel",
-                              "This browser has no login in progress here (%s)." % (
-                                  problem or "it was used already"), exit_status=None)
-        self.expire_cookie(self.server.config.login_cookie_name, "/authenticate")
-        raise PageError(200, "Login cancelled", "This login is over; nothing was sent to "
-                        "Netatmo.", "/", "Back to the start", error="cancelled",
-                        exit_status=Exit.LOGIN_FAILED)
-
-    def trace_callback(self, code, state, problem, matches, outcome, used=False):
-        """--trace: step (c), the callback and each of its checks."""
-        if self.server.trace is None:
-            return
-        self.server.trace.step("c", [
-            "GET /authenticate from %s: code %s, state %s"
-            % (self.client_address[0], "absent" if code is None else hidden(code),
-               "absent" if state is None else hidden(state)),
-            "login cookie: %s" % ("signed by this run, younger than 10 minutes"
-                                  if problem is None else problem),
-            "state: %s" % ("absent" if state is None else "matches the login cookie"
-                           + (", but was used already" if used else "")
-                           if matches else "does not match the login cookie"),
-            "-> " + outcome],
-            "the state must match the signed login cookie, once: this is what stops a "
-            "forged or replayed callback")
-
-    def authorize_error(self, error, description, owner, final=True):
-        """Return the PageError for an error Netatmo sent back instead of a code.
-
-        A final one ends the login (and a terminal run). One that came without the
-        state may be a forged link: the page asks the person, and ends nothing.
-        """
-        again = self.server.login_path(owner)
-        if error == "access_denied":
-            title, explanation, status = ("You declined", "You did not allow this program "
-                                          "to read your Netatmo devices, so it has nothing "
-                                          "to show.", Exit.LOGIN_FAILED)
-        else:
-            cause = AUTHORIZE_ERRORS.get(error, "Check this program's settings against your "
-                                                "app at dev.netatmo.com.")
-            said = ' It said: "%s".' % description[:200] if description else ""
-            title, explanation = ("Netatmo refused the login",
-                                  "Netatmo answered %s.%s %s" % (error_name(error), said,
-                                                                 cause))
-            # A redirect URI or client id that Netatmo refuses is a setting to fix.
-            status = Exit.BAD_SETTING if error in ("redirect_uri_mismatch",
-                                                   "invalid_client") else Exit.LOGIN_FAILED
-        if final:
-            return PageError(403 if error == "access_denied" else 400, title, explanation,
-                             again, "Try again" if error == "access_denied" else "Log in again",
-                             error="access_denied" if error == "access_denied"
-                             else "authorize_error", exit_status=status)
-        return PageError(403 if error == "access_denied" else 400, title, explanation + (
-            " This answer came without the login's state, so this program cannot tell it "
-            "from a link on another site. If it was your answer, cancel this login; if not, "
-            "try again."), again, "Try again", error="unconfirmed_refusal",
-            form=("/authenticate", "Cancel this login"))
-
-    def show_devices(self):
-        """GET /devices: (e) retrieve the devices and output them as a page."""
-        sid, session = self.logged_in()
-        if session is None:
-            self.redirect(303, "/login")
-            return
-        self.send_html(200, devices_page(self.device_list(sid, session)))
-
-    def devices_json(self):
-        """GET /devices.json: (e) the same list, for programs."""
-        sid, session = self.logged_in()
-        if session is None:
-            self.send_json(401, {"error": "not_authenticated",
-                                 "message": "Log in at /login first."})
-            return
-        self.send_json(200, device_list_json(self.device_list(sid, session)))
-
-    def fetch_again(self):
-        """POST /devices: forget the cached list, so the page asks Netatmo now."""
-        sid, session = self.logged_in()
-        if session is not None:
-            session.device_list = None
-        self.redirect(303, "/devices")
-
-    def device_list(self, sid, session):
-        """Return the session's DeviceList: cached, or fetched from Netatmo."""
-        config = self.server.config
-        asked = time.time()
-        try:
-            found = session.devices(
-                lambda: fetch_device_list(session, self.server.netatmo, config.scopes),
-                config.cache_seconds)
-        except LoginExpired:
-            raise self.login_expired(sid)
-        if self.server.trace is not None:
-            self.server.trace.step("e", [
-                ("from this session's cache, fetched %s ago: no call to Netatmo"
-                 % duration(asked - found.fetched_at)) if found.fetched_at < asked
-                else "merged into one row per device",
-                "-> %d devices (%d offline)%s, %s" % (
-                    len(found.devices), sum(d["reachable"] is False for d in found.devices),
-                    "".join("; %s failed" % f["endpoint"] for f in found.failed),
-                    "to the terminal" if self.server.outcome is not None
-                    else "as " + self.path.split("?", 1)[0])],
-                "Netatmo allows 50 calls per 10 seconds per user: a list is shown again "
-                "for --cache-seconds without asking" if found.fetched_at < asked else
-                "a device that several answers list is one row, its status from the "
-                "answer that heard from it last")
-        return found
-
-    def login_expired(self, sid):
-        """Forget a session whose refresh token Netatmo refused; return its PageError."""
-        self.server.sessions.delete(sid)
+    def login_expired(self):
+        """Forget the session whose refresh token Netatmo refused; return its PageError."""
+        sid = self.cookie(self.server.config.cookie_name)
+        if sid:
+            self.server.sessions.delete(sid)
         error = login_again(401, "Your Netatmo login has ended",
                             "Netatmo no longer accepts this session's refresh token (it "
                             "expired, or was used by another program). Log in again.",
@@ -2709,42 +2622,12 @@ class Handler(BaseHTTPRequestHandler):
         self.expire_cookie(self.server.config.cookie_name)
         return error
 
-    def force_refresh(self):
-        """POST /refresh: renew the tokens now, then show the devices."""
-        sid, session = self.logged_in()
-        if session is None:
-            self.redirect(303, "/login")
-            return
-        try:
-            session.refresh(self.server.netatmo)
-        except LoginExpired:
-            raise self.login_expired(sid)
-        self.redirect(303, "/devices")
+    def param(self, name):
+        """Return the single value of a query parameter, or None if absent or repeated."""
+        values = urllib.parse.parse_qs(self.query, keep_blank_values=True).get(name, [])
+        return values[0] if len(set(values)) == 1 else None
 
-    def logout(self):
-        """POST /logout: forget the session here and in the browser (every one sent)."""
-        for sid in self.cookie_values(self.server.config.cookie_name):
-            self.server.sessions.delete(sid)
-        self.expire_cookie(self.server.config.cookie_name)
-        self.redirect(303, "/")
-
-    def healthz(self):
-        """GET /healthz: answer that the server runs."""
-        self.send_body(200, b"ok\n", "text/plain; charset=utf-8")
-
-    # -- requests --
-
-    def logged_in(self):
-        """Return (cookie value, Session) of this browser's login, or (None, None)."""
-        sid = self.session_id()
-        session = self.server.sessions.get(sid) if sid else None
-        return (sid, session) if session is not None else (None, None)
-
-    def session_id(self):
-        """Return the value of the browser's session cookie, or None."""
-        return self.single_cookie(self.server.config.cookie_name)
-
-    def single_cookie(self, name):
+    def cookie(self, name):
         """Return the value of the one cookie of this name the browser sent, or None.
 
         Cookies do not keep ports apart: a program on another port of this host can
@@ -2898,18 +2781,6 @@ class Handler(BaseHTTPRequestHandler):
         log.info("%s %s", self.address_string(), message)
 
 
-def error_name(error):
-    """Return the name of an error Netatmo sent back, if it reads as one (a-z, _)."""
-    readable = error.replace("_", "").isalnum() and len(error) <= 64
-    return error if readable else "an unreadable error"
-
-
-def one(params, name):
-    """Return the single value of a query parameter, or None if absent or repeated."""
-    values = params.get(name, [])
-    return values[0] if len(set(values)) == 1 else None
-
-
 class Server(socketserver.ThreadingMixIn, HTTPServer):
     """An HTTP server with one thread per connection (ThreadingHTTPServer, also on 3.6).
 
@@ -2926,7 +2797,7 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
     def __init__(self, config):
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         self.address_family = family
-        self.trace = Trace(sys.stderr) if config.trace else None
+        self.trace = Trace(sys.stderr if config.trace else None)
         self.netatmo = NetatmoClient(config, self.trace)  # before binding: server_close()
         # closes it
         HTTPServer.__init__(self, (config.host, config.port), Handler)
@@ -3026,9 +2897,12 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
 
         The owner's last login owns the file: an older session's refreshes no longer
         write it. If the file cannot take the new pair (its lock is held past the
-        wait, a full disk), it keeps the pair it held, which stays alive: NotKept.
+        wait, a full disk), it keeps the pair it held, which stays alive: return the
+        NotKept that says so, else None.
         """
         token_file = self.config.token_file
+        if token_file is None:
+            return None
         try:
             with token_file.locked():  # not in the middle of another program's refresh
                 token_file.save(session.tokens)
@@ -3037,9 +2911,12 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
                         self.token_owner.token_file = None
                     self.token_owner = session
                     session.token_file = token_file
+        except NotKept as e:
+            return e
         except OSError as e:
-            raise NotKept("this login could not be saved in %s (%s); the file keeps the "
-                          "login it held" % (token_file.path, e.strerror or e))
+            return NotKept("this login could not be saved in %s (%s); the file keeps the "
+                           "login it held" % (token_file.path, e.strerror or e))
+        return None
 
     def finish_request(self, request, client_address):
         """Serve one connection; with --certfile, first the TLS handshake, in its thread."""
@@ -3116,7 +2993,263 @@ def tls_context(config):
     return context
 
 
-# ---- The terminal modes (--once, --print-token) ---------------------------------
+# ---- The trace and the terminal ---------------------------------------------------
+# --trace, every secret hidden; and escaped(), the one way to stderr, so that no name
+# or message from others can drive the terminal (move, retitle, OSC 52, CR).
+
+# Control characters as \\xNN, and the backslash doubled, as http.server's log writes
+# them: all below 0x20 but the tab, and 0x7F-0x9F (DEL and the C1 controls).
+CONTROL_CHARACTERS = dict((c, "\\x%02x" % c)
+                          for c in list(range(0x20)) + list(range(0x7f, 0xa0)) if c != 0x09)
+CONTROL_CHARACTERS[ord("\\")] = "\\\\"
+
+
+def escaped(text):
+    """Return text with every control character written as \\xNN, newlines too."""
+    return str(text).translate(CONTROL_CHARACTERS)
+
+
+def say(message):
+    """Write one message to stderr, escaped, under the program's name."""
+    sys.stderr.write("netatmo_stdlib: %s\n" % escaped(message))
+    sys.stderr.flush()
+
+
+class LogFormatter(logging.Formatter):
+    """Log lines whose message is escaped, and a traceback escaped line by line."""
+
+    def formatMessage(self, record):
+        record.message = escaped(record.message)
+        return logging.Formatter.formatMessage(self, record)
+
+    def formatException(self, exc_info):
+        text = logging.Formatter.formatException(self, exc_info)
+        return "\n".join(escaped(line) for line in text.split("\n"))
+
+
+STEPS = {"a": "receive the authorization request", "b": "redirect to Netatmo",
+         "c": "receive the code", "d": "exchange it for a token",
+         "e": "retrieve and output the devices"}
+
+
+class Trace(object):
+    """--trace: each step of the flow told on stderr as it happens, with no secret.
+
+    A block names the step, the HTTP messages that carry it and what came back,
+    then says why the step, or its check, is there: one block per step, and per
+    page. State, code, verifier and challenge, tokens, the client secret and cookie
+    values show only as their length, and whether they matched: a trace can be
+    pasted anywhere. Without --trace the stream is None, and nothing is told.
+    """
+
+    def __init__(self, stream=None):
+        self.stream = stream
+        self.lock = threading.Lock()
+        self.local = threading.local()  # the block this thread is telling, if any
+
+    @property
+    def on(self):
+        """Return True when --trace is on."""
+        return self.stream is not None
+
+    def step(self, letter, lines, why):
+        """Write one block at once: the step, its lines (escaped), and why."""
+        if self.stream is None:
+            return
+        text = "(%s) %s\n%s    why: %s\n" % (letter, STEPS[letter],
+                                              "".join("    %s\n" % escaped(line)
+                                                      for line in lines), why)
+        with self.lock:
+            self.stream.write(text)
+            self.stream.flush()
+
+    def block(self, letter):
+        """Return a Block that gathers a step's lines, written when its `with` ends.
+
+        A block of the same step already open in this thread takes the lines
+        instead: a refresh made while a saved login is told is told with it.
+        """
+        current = getattr(self.local, "block", None)
+        return Block(self, letter, current if current and current.letter == letter else None)
+
+    def login(self, request, cookie, state, challenge):
+        """Tell steps (a) and (b), as GET /login answers them."""
+        if self.stream is None:
+            return
+        config = request.server.config
+        self.step("a", [
+            "GET /login from %s" % request.client_address[0],
+            "-> Set-Cookie: %s=<a random nonce and its time, signed with HMAC-SHA256: %s>; "
+            "Path=/authenticate; Max-Age=600" % (config.login_cookie_name, hidden(cookie))],
+            "the login's state and PKCE verifier are derived from the nonce under a key "
+            "only this run knows: the server keeps nothing for a login in progress")
+        self.step("b", [
+            "-> 302 Location: %s/oauth2/authorize" % config.api_url,
+            "  client_id=%s redirect_uri=%s scope=%s response_type=code"
+            % (config.client_id, config.redirect_uri, config.scopes),
+            "  state: %s%s" % (hidden(state), "" if challenge is None else
+                               "; code_challenge: %s (code_challenge_method=S256)"
+                               % hidden(challenge))],
+            "the person logs in and approves at Netatmo, never here; the state comes back "
+            "with the answer and proves it is this browser's")
+
+    def callback(self, request, code, state, problem, matches, first_use, outcome=None):
+        """Tell step (c): the callback, each of its checks, and what came of it."""
+        if self.stream is None:
+            return
+        self.step("c", [
+            "GET /authenticate from %s: code %s, state %s"
+            % (request.client_address[0], "absent" if code is None else hidden(code),
+               "absent" if state is None else hidden(state)),
+            "login cookie: %s" % ("signed by this run, younger than 10 minutes"
+                                  if problem is None else problem),
+            "state: %s" % ("absent" if state is None else "matches the login cookie"
+                           + (", but was used already" if code and not first_use else "")
+                           if matches else "does not match the login cookie"),
+            "-> " + (outcome or ("accepted: on to step (d)" if first_use
+                                 else "refused: 400, and nothing sent to Netatmo"))],
+            "the state must match the signed login cookie, once: this is what stops a "
+            "forged or replayed callback")
+
+
+class Block(object):
+    """The lines of one step's block, told at once when its `with` ends (see Trace)."""
+
+    def __init__(self, trace, letter, outer=None):
+        self.trace, self.letter, self.outer = trace, letter, outer
+        self.lines = outer.lines if outer else []  # extend() is atomic: calls add at once
+        self.why = []
+
+    def __enter__(self):
+        if self.outer is None:
+            self.previous = getattr(self.trace.local, "block", None)
+            self.trace.local.block = self
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.outer is None:
+            self.trace.local.block = self.previous
+            if self.lines:
+                self.trace.step(self.letter, self.lines, "; ".join(self.why))
+        return False
+
+    def add(self, *lines):
+        """Add lines to the block (under --trace)."""
+        if self.trace.on:
+            self.lines.extend(lines)
+
+    def because(self, why):
+        """Say why, once per block however many calls give the same reason."""
+        block = self.outer or self
+        if self.trace.on and why not in block.why:
+            block.why.append(why)
+
+    def token_post(self, url, form, started, tokens=None, error=None):
+        """Add a POST to the token endpoint, and what came back."""
+        if not self.trace.on:
+            return
+        public = ("grant_type", "client_id", "redirect_uri", "scope")
+        sent = ", ".join("%s=%s" % (k, v) if k in public else "%s: %s" % (k, hidden(v))
+                         for k, v in form)
+        took = (time.time() - started) * 1000
+        self.add("POST %s" % url, "  " + sent, "-> %s in %.0f ms: %s" % (
+            error.status or "no answer", took, error.message) if error is not None else
+            "-> 200 in %.0f ms: access token (%s) valid %s, scope %s; refresh token (%s)" % (
+                took, hidden(tokens.access_token), "for an unknown time"
+                if tokens.lifetime is None else duration(tokens.lifetime),
+                " ".join(tokens.scope) or "none", hidden(tokens.refresh_token)))
+        self.because(
+            "Netatmo rotates the pair at each refresh: the old refresh token dies with "
+            "this answer, so refreshes go one at a time and the new pair is kept at once"
+            if dict(form).get("grant_type") == "refresh_token" else "the code is worth "
+            "nothing alone: only with the client secret, and the PKCE verifier, does "
+            "Netatmo trade it for tokens, server to server, out of the browser's sight")
+
+    def session_started(self, config, sid):
+        """Add the session cookie that ends step (d)."""
+        self.add("-> Set-Cookie: %s=<a new random session id: %s>; HttpOnly; SameSite=Lax"
+                 % (config.cookie_name, hidden(sid)),
+                 "-> Set-Cookie: %s=; Max-Age=0 (this login is over)"
+                 % config.login_cookie_name)
+        self.because("the tokens stay in this server's memory: the browser holds only an "
+                     "id that means nothing to anyone else, and a new one at each login")
+
+    def api_call(self, url, headers, started, body=None, error=None):
+        """Add one GET of a device endpoint, and what came back."""
+        if not self.trace.on:
+            return
+        took = (time.time() - started) * 1000
+        self.add("GET %s" % url, "  Authorization: Bearer <access token, %s>"
+                 % hidden(headers.get("Authorization", "")[len("Bearer "):]),
+                 "-> %s in %.0f ms: %s" % (error.status or "no answer", took, error.message)
+                 if error is not None else "-> 200 in %.0f ms: %s"
+                 % (took, summary_of(url, body)))
+        self.because("the access token travels in the Authorization header, never in a "
+                     "URL, where logs and browser histories would keep it")
+
+    def device_list(self, found, asked, where):
+        """Add what became of a page's calls: one row per device, or the cache."""
+        cached = found.fetched_at < asked
+        self.add(("from this session's cache, fetched %s ago: no call to Netatmo"
+                  % duration(asked - found.fetched_at)) if cached
+                 else "merged into one row per device",
+                 "-> %d devices (%d offline)%s, %s" % (
+                     len(found.devices), sum(d["reachable"] is False for d in found.devices),
+                     "".join("; %s failed" % f["endpoint"] for f in found.failed), where))
+        self.because("Netatmo allows 50 calls per 10 seconds per user: a list is shown "
+                     "again for --cache-seconds without asking" if cached else "a device "
+                     "that several answers list is one row, its status from the answer "
+                     "that heard from it last")
+
+    def saved_login(self, path, saved, refreshed):
+        """Add what a terminal run did with the login saved in --token-file."""
+        left = None if saved.expires_at is None else saved.expires_at - time.time()
+        self.add("%s holds a saved login: access token (%s) %s" % (
+            path, hidden(saved.access_token), "valid for an unknown time" if left is None
+            else "valid for %s more" % duration(left) if left > 0 else "expired"),
+            "-> %s" % ("refreshed, under the file's lock (above)" if refreshed
+                       else "used as it is: no call"))
+        self.because("the file's lock makes one refresh at a time among the programs "
+                     "that share it, and they take the new pair from the file" if refreshed
+                     else "a token good for longer than a minute is used as it is: no "
+                     "refresh, so the file, and the programs that share it, are left alone")
+
+
+def hidden(value):
+    """Return what a trace shows of a secret: its length, never its value."""
+    return "%d characters" % len(value or "")
+
+
+def duration(seconds):
+    """Return a length of time for people: "3 h", "10 min", "30 s"."""
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return "%g %s" % (round(seconds / size, 1), unit)
+    return "%g s" % round(seconds, 1)
+
+
+def summary_of(url, body):
+    """Return what a device endpoint's answer holds, counted: "2 homes, 51 modules"."""
+    path = url.split("?", 1)[0].rsplit("/", 1)[-1]
+    body = body if isinstance(body, dict) else {}
+    if path.startswith("homesdata"):
+        homes = listed(body.get("homes"))
+        return "%d homes, %d modules" % (len(homes), sum(len(listed(h.get("modules")))
+                                                         for h in homes))
+    if path.startswith("homestatus"):
+        home = home_of_status(body)
+        silent = sorted(not_answering(body))
+        return ("the status of %d modules and %d rooms" % (
+            len(listed(home.get("modules"))), len(listed(home.get("rooms"))))
+            + ("; code 6: %s does not answer" % ", ".join(silent) if silent else ""))
+    stations = listed(body.get("devices"))
+    return "%d %s, %d modules" % (len(stations), "home coaches" if "homecoach" in path
+                                  else "stations",
+                                  sum(len(listed(s.get("modules"))) for s in stations))
+
+
+# ---- The terminal modes ----------------------------------------------------------
+# The same flow for a terminal: one login, or the saved one; the result on stdout.
 
 class Outcome(object):
     """How a --once or --print-token run ends: a device list or tokens, or an exit
@@ -3142,6 +3275,18 @@ class Outcome(object):
             self.status, self.message = status, message
             self.device_list, self.tokens = device_list, tokens
             self.done.set()
+
+
+def finish_terminal_login(server, request, session, not_kept):
+    """--once or --print-token: end the run with this login; the tab says where to look."""
+    found = None if server.config.print_token else device_list(server, session,
+                                                                "to the terminal")
+    request.send_html(200, page("Done", "<p>The terminal has %s. You may close this tab.</p>"
+                                % ("your access token" if found is None else
+                                   "the list of your %d devices" % len(found.devices))))
+    not_kept = not_kept or session.not_kept
+    server.outcome.finish(Exit.NOT_KEPT if not_kept else Exit.DONE,
+                          not_kept and str(not_kept), found, session.tokens)
 
 
 def run_terminal(config, server, saved):
@@ -3191,21 +3336,12 @@ def from_saved_login(config, server, saved):
     """
     session = Session(saved, time.time())
     session.token_file = config.token_file
-    if server.trace is not None:
-        left = None if saved.expires_at is None else saved.expires_at - time.time()
-        server.trace.step("d", [
-            "%s holds a saved login: access token (%s) %s" % (
-                config.token_file.path, hidden(saved.access_token),
-                "valid for an unknown time" if left is None else "valid for %s more"
-                % duration(left) if left > 0 else "expired"),
-            "-> %s" % ("used as it is" if left is None or left > Session.refresh_margin
-                       else "refreshed first, under the file's lock")],
-            "a token good for longer than a minute is used as it is: no refresh, so the "
-            "file, and the programs that share it, are left alone")
     try:
-        session.access_token(server.netatmo)  # refreshes now only if it must
-        found = None if config.print_token else fetch_device_list(session, server.netatmo,
-                                                                   config.scopes)
+        with server.trace.block("d") as told:
+            session.access_token(server.netatmo)  # refreshes now only if it must
+            told.saved_login(config.token_file.path, saved, session.tokens is not saved)
+        found = None if config.print_token else device_list(server, session,
+                                                             "to the terminal")
     except NotKept as e:  # the lock: nothing was refreshed, the saved pair lives
         return fail(Exit.NOT_KEPT, str(e))
     except LoginExpired:
@@ -3302,7 +3438,8 @@ def open_browser(url):
         say("no browser to open here; open the address yourself")
 
 
-# ---- The command line ----------------------------------------------------------
+# ---- The command line -------------------------------------------------------------
+# main(): the settings, the server, then the web app or a terminal mode.
 
 def main(argv=None, environ=None):
     """Serve until Ctrl-C, or run --once; return the exit status (2: a bad setting)."""

@@ -575,7 +575,7 @@ class TraceOrderTest(AppTestCase):
         login = self.assertTracedBeforeAnswer(server, browser, url + "/login", "(b)")
         back = browser.get(login.location, headers={"X-Fake-Approve": "alice"}).location
         self.assertTracedBeforeAnswer(server, browser, back, "(d) exchange it for a token\n"
-                                      "    -> Set-Cookie")
+                                      "    POST")
         self.assertTracedBeforeAnswer(server, browser, url + "/devices", "(e) retrieve and "
-                                      "output the devices\n    merged")
+                                      "output the devices\n    GET")
 

@@ -4,9 +4,11 @@ import collections
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 
 from tests.support import AppTestCase, Browser, CLIENT_ID, CLIENT_SECRET, ROOT
 from tests.test_terminal import OnceRun
@@ -99,7 +101,11 @@ class TraceTest(AppTestCase):
         self.assertNotIn(STEPS[0], plain)
         self.assertNotIn("why:", plain)
         self.assertIn('"GET /authenticate" 303', plain)
-        self.assertEqual(self.log_lines(plain), self.log_lines(traced))
+        # The log is the same, but for the calls to Netatmo, which the trace tells.
+        calls = collections.Counter({line: n for line, n in self.log_lines(plain).items()
+                                     if line.startswith("netatmo ")})
+        self.assertGreaterEqual(sum(calls.values()), 5)
+        self.assertEqual(self.log_lines(plain) - calls, self.log_lines(traced))
 
     def test_the_terminal_modes_keep_stdout_clean(self):
         run = OnceRun(self, "--json", "--trace")
@@ -116,6 +122,60 @@ class TraceTest(AppTestCase):
         self.assertIn(out.strip(), self.fake.access_tokens)
         self.assertIn(STEPS[3], err)
         self.assertNotIn(out.strip().split("|")[1], err)
+
+    def test_one_heading_per_step_and_per_call_and_one_why_per_page(self):
+        err = self.run_app("--trace")
+        blocks = blocks_of(err)
+        # Step (d) of the login: the POST and the session cookie, under one heading.
+        [login] = [b for b in blocks if "grant_type=authorization_code" in b]
+        self.assertIn("-> Set-Cookie: netatmo_session=<a new random session id", login)
+        self.assertEqual(sum(1 for b in blocks if b.startswith(STEPS[3])
+                             and "Set-Cookie" in b), 1)
+        # Step (e): one block per page, each call in it once, and one why for them all.
+        pages = [b for b in blocks if b.startswith(STEPS[4])]
+        self.assertEqual(len(pages), 2)  # the page after the login, then the cached one
+        first = pages[0]
+        for endpoint in ("homesdata", "getstationsdata", "gethomecoachsdata", "homestatus"):
+            self.assertEqual(first.count("/api/%s" % endpoint), 1, first)
+            self.assertEqual(err.count("/api/%s" % endpoint), 1)  # no log line beside it
+        self.assertEqual(first.count("why: "), 1)
+        self.assertEqual(first.count("the access token travels in the Authorization "
+                                     "header"), 1)
+        self.assertNotIn("netatmo GET", err)
+        self.assertNotIn("netatmo POST", err)
+        self.assertEqual(err.count("why: "), len(blocks))
+
+    def test_print_token_tells_what_it_did_with_the_saved_login(self):
+        run = OnceRun(self, "--token-file", self.token_file(), mode="--print-token")
+        Browser().follow(run.wait_for_login_url(), approve_as="carol")
+        self.assertEqual(run.finish()[0], 0)
+        run = OnceRun(self, "--token-file", self.path, "--no-browser", "--trace",
+                      mode="--print-token")
+        status, out, err = run.finish()
+        self.assertEqual(status, 0, err)
+        [block] = blocks_of(err)
+        self.assertIn("-> used as it is: no call", block)
+        self.assertNotIn("POST", block)
+        with open(self.path) as f:
+            saved = json.load(f)
+        saved["expires_at"] = 1  # long expired
+        with open(self.path, "w") as f:
+            json.dump(saved, f)
+        run = OnceRun(self, "--token-file", self.path, "--no-browser", "--trace",
+                      mode="--print-token")
+        status, out, err = run.finish()
+        self.assertEqual(status, 0, err)
+        [block] = blocks_of(err)  # the refresh and what it did with the file: one block
+        self.assertIn("grant_type=refresh_token", block)
+        self.assertIn("-> refreshed, under the file's lock (above)", block)
+        self.assertNotIn("used as it is", block)
+
+    def token_file(self):
+        """Return the path of a token file in a folder of its own."""
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        self.path = os.path.join(folder, "tokens.json")
+        return self.path
 
     def log_lines(self, err):
         """Return the log's lines, their times and durations taken out."""
