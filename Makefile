@@ -3,7 +3,7 @@ PYTHON ?= python3
 DEMO_PORT ?= 8000
 FAKE_PORT ?= 8001
 
-.PHONY: test test-all test-stress test-browser test-mutations demo run bench
+.PHONY: test test-all test-stress test-browser test-mutations demo demo-once run bench
 
 test:            ## the suite with python3
 	$(PYTHON) tests/run.py
@@ -22,13 +22,11 @@ test-mutations:  ## break each property once (tests/mutations.py): a test must f
 	$(PYTHON) tests/mutations.py
 
 demo:            ## the whole flow against a fake Netatmo cloud, no account needed (TRACE=1: told step by step)
-	@trap 'kill $$fake 2>/dev/null' EXIT INT TERM; \
-	$(PYTHON) tests/fake_netatmo.py --port $(FAKE_PORT) --client-id demo-client \
-	  --client-secret demo-secret \
-	  --redirect-uri http://127.0.0.1:$(DEMO_PORT)/authenticate & fake=$$!; \
-	NETATMO_CLIENT_ID=demo-client NETATMO_CLIENT_SECRET=demo-secret NETATMO_TRACE=$(TRACE) \
-	NETATMO_API_URL=http://127.0.0.1:$(FAKE_PORT) NO_PROXY=127.0.0.1 no_proxy=127.0.0.1 \
-	  $(PYTHON) netatmo_stdlib.py --port $(DEMO_PORT) || true
+	@NETATMO_TRACE=$(TRACE) $(PYTHON) tests/demo.py --port $(DEMO_PORT) --fake-port $(FAKE_PORT)
+
+demo-once:       ## the fake cloud and a --once run in one command; more flags in ARGS="--json"
+	@NETATMO_TRACE=$(TRACE) $(PYTHON) tests/demo.py --once --port $(DEMO_PORT) \
+	  --fake-port $(FAKE_PORT) $(ARGS)
 
 run:             ## the real thing, configured by NETATMO_* variables
 	$(PYTHON) netatmo_stdlib.py

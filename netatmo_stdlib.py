@@ -65,6 +65,7 @@ import sys
 import tempfile
 import threading
 import time
+import unicodedata
 import urllib.parse
 from collections import OrderedDict, namedtuple
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -215,7 +216,7 @@ def show_devices(server, request):
     if session is None:
         return request.redirect(303, "/login")
     found = device_list(server, session, "as /devices")
-    request.send_html(200, devices_page(found))  # (e) the devices, as a page
+    request.send_html(200, devices_page(found, done_before(server, request)))  # (e) a page
 
 
 def devices_json(server, request):
@@ -301,7 +302,7 @@ class Config(object):
                  timeout=10.0, cache_seconds=30.0, once=False, json_output=False,
                  wait=300.0, token_file=None, no_browser=False, open_browser=False,
                  certfile=None, keyfile=None, client_timeout=30.0, pkce=True,
-                 print_token=False, trace=False):
+                 print_token=False, trace=False, wide=False):
         self.client_id = client_id
         self.client_secret = client_secret
         self.host = host
@@ -322,6 +323,7 @@ class Config(object):
         self.pkce = pkce                  # send a PKCE challenge and verifier (RFC 7636)
         self.print_token = print_token    # terminal mode: print an access token, exit
         self.trace = trace                # tell each step of the flow on stderr
+        self.wide = wide                  # --once's table keeps every column
         self.redirect_uri = redirect_uri or self.default_redirect_uri()
 
     def default_redirect_uri(self):
@@ -334,6 +336,13 @@ class Config(object):
         if ":" in host:
             host = "[%s]" % host
         return "%s://%s:%d%s" % ("https" if self.certfile else "http", host, self.port, path)
+
+    def redirect_uri_line(self):
+        """Return what to say of the redirect URI at start: register it, or not (a demo)."""
+        if self.api_url == DEFAULT_API_URL:
+            return "the redirect URI to register at %s is %s" % (APPS_PAGE, self.redirect_uri)
+        return "--api-url is not Netatmo's, so nothing is registered; the redirect URI " \
+               "is " + self.redirect_uri
 
     @property
     def terminal(self):
@@ -358,6 +367,11 @@ class Config(object):
         Path=/ and no Domain: no page on another port or subdomain can set one.
         """
         return ("__Host-" if self.secure_cookies else "") + COOKIE_NAME
+
+    @property
+    def done_cookie_name(self):
+        """Return the name of the cookie that tells the next page what a button did."""
+        return ("__Host-" if self.secure_cookies else "") + "netatmo_done"
 
     @property
     def login_cookie_name(self):
@@ -408,6 +422,7 @@ def argument_parser():
         epilog="""examples:
   web app:        NETATMO_CLIENT_ID=... NETATMO_CLIENT_SECRET=... python3 netatmo_stdlib.py
                   then open http://127.0.0.1:8000/
+  try it here:    make demo-once, or python3 tests/demo.py --once: no account needed
   terminal:       python3 netatmo_stdlib.py --once --open
   for a script:   python3 netatmo_stdlib.py --once --json --token-file ~/.netatmo.json
                   (later runs use the saved login without a browser)
@@ -455,13 +470,16 @@ exit status of --once and --print-token:
     terminal.add_argument("--json", action="store_true", help="with --once: print JSON, "
                           "as /devices.json, instead of a table; with --print-token: "
                           "the token, its expires_at and scope")
-    terminal.add_argument("--wait", metavar="SECONDS", help="with --once: give up after "
-                          "this long without a login (default 300)")
+    terminal.add_argument("--wide", action="store_true", help="with --once: every column of "
+                          "the table, however wide the terminal")
+    terminal.add_argument("--wait", metavar="SECONDS", help="with --once or --print-token: "
+                          "give up after this long without a login (default 300)")
     terminal.add_argument("--token-file", metavar="PATH", help="save the tokens here (0600) "
-                          "after each login and refresh; with --once, log in from it "
-                          "without a browser when it holds a refresh token")
-    terminal.add_argument("--no-browser", action="store_true", help="with --once: never "
-                          "fall back to a browser login; exit 1 instead")
+                          "after each login and refresh; with --once or --print-token, log "
+                          "in from it without a browser when it holds a refresh token")
+    terminal.add_argument("--no-browser", action="store_true", help="with --once or "
+                          "--print-token: never fall back to a browser login; exit 1 "
+                          "instead")
     add("--version", action="version", version="%(prog)s " + __version__)
     return parser
 
@@ -525,6 +543,8 @@ def read_config(argv, environ):
                         ("--no-browser", args.no_browser)):
         if value and not (args.once or args.print_token):
             raise ConfigError("%s works with --once or --print-token only" % flag)
+    if args.wide and not args.once:
+        raise ConfigError("--wide works with --once only")
     if args.no_browser and not args.token_file:
         raise ConfigError("--no-browser needs --token-file: without a saved login, the "
                           "only way in is a login in the browser")
@@ -533,7 +553,7 @@ def read_config(argv, environ):
     config = Config(client_id.strip(), client_secret, host, port, redirect_uri, scopes,
                     api_url, timeout, cache_seconds, args.once, args.json, wait,
                     args.token_file, args.no_browser, args.open, args.certfile, args.keyfile,
-                    client_timeout, pkce, args.print_token, trace)
+                    client_timeout, pkce, args.print_token, trace, args.wide)
     if config.token_file:  # before anything can refresh, and rotate the saved pair
         config.token_file.check_writable()
     return config
@@ -1385,7 +1405,8 @@ def device_list(server, session, where):
 
 def show_home(server, request):
     """GET /: the start page."""
-    request.send_html(200, home_page(logged_in(server, request)[1]))
+    request.send_html(200, home_page(logged_in(server, request)[1],
+                                     done_before(server, request)))
 
 
 def fetch_again(server, request):
@@ -1393,6 +1414,7 @@ def fetch_again(server, request):
     _, session = logged_in(server, request)
     if session is not None:
         session.device_list = None
+    request.set_cookie(server.config.done_cookie_name, "fetched", max_age=60)
     request.redirect(303, "/devices")
 
 
@@ -1402,6 +1424,7 @@ def force_refresh(server, request):
     if session is None:
         return request.redirect(303, "/login")
     session.refresh(server.netatmo)
+    request.set_cookie(server.config.done_cookie_name, "renewed-%d" % time.time(), max_age=60)
     request.redirect(303, "/devices")
 
 
@@ -1410,7 +1433,30 @@ def logout(server, request):
     for sid in request.cookie_values(server.config.cookie_name):
         server.sessions.delete(sid)
     request.expire_cookie(server.config.cookie_name)
+    request.set_cookie(server.config.done_cookie_name, "logged-out", max_age=60)
     request.redirect(303, "/")
+
+
+def done_before(server, request):
+    """Return what the button pressed before this page did, in words, once; or None.
+
+    The button's answer sets a cookie a minute long; the page that follows says it,
+    and expires it: a reload does not say it again.
+    """
+    done = request.cookie(server.config.done_cookie_name)
+    if done is None:
+        return None
+    request.expire_cookie(server.config.done_cookie_name)
+    _, session = logged_in(server, request)
+    renewed = done[len("renewed-"):] if done.startswith("renewed-") else ""
+    if digits(renewed) and session is not None:
+        expires = session.tokens.expires_at
+        return "Renewed at %s; valid until %s." % (clock(int(renewed)), clock(expires)
+                                                    if expires else "an unknown time")
+    return {"fetched": "Fetched just now from Netatmo.",
+            "logged-out": "Logged out of this browser. " + (
+                "The saved login in --token-file stays: scripts and cron jobs go on with "
+                "it." if server.config.token_file else "Its tokens are forgotten.")}.get(done)
 
 
 def healthz(server, request):
@@ -2082,8 +2128,10 @@ def status_problems(homes_body, statuses):
         silent = not_answering(status)
         if silent:
             modules = [m for m in listed(home.get("modules")) if m.get("id")] + live
-            labels = ", ".join(sorted(set(str(m.get("name") or m["id"]) for m in modules
-                                          if str(m["id"]) in silent)) or sorted(silent))
+            rows = [device(m["id"], m.get("name"), m.get("type"), None) for m in modules]
+            named = told_apart(rows)
+            labels = ", ".join(sorted(set(named[id(row)] for row in rows if row["id"] in silent))
+                               or sorted(silent))
             offline = len(bridged_by(modules, silent))
             problems.append({"home_id": home_id, "home": name, "reason": "some_not_answering"
                              if live else "not_answering", "message": (
@@ -2220,32 +2268,41 @@ def when(timestamp):
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
 
 
-def home_page(session):
-    """Return the start page: a login link, or what this session holds."""
+def clock(timestamp):
+    """Return the time of day of a timestamp, in UTC: "14:05 UTC"."""
+    return time.strftime("%H:%M UTC", time.gmtime(timestamp))
+
+
+def home_page(session, done=None):
+    """Return the start page: a login link, or what this session holds; and what the
+    button pressed before it did."""
+    done = '<p class="note">%s</p>\n' % escape(done) if done else ""
     if session is None:
-        return page("Netatmo devices", (
+        return page("Netatmo devices", done + (
             "<p>This program logs you in to your Netatmo account and lists your devices. "
             "You type your password at Netatmo only; this program keeps the token Netatmo "
             "gives it in memory and never shows it.</p>\n"
             '<p><a class="button" href="/login">Log in with Netatmo</a></p>'))
     tokens = session.tokens
     expiry = when(tokens.expires_at) if tokens.expires_at else "unknown"
-    return page("Netatmo devices", (
+    return page("Netatmo devices", done + (
         '<p>You are logged in. <a class="button" href="/devices">Show my devices</a></p>\n'
         "<p>Access token valid until: %s<br>Granted scopes: %s</p>\n%s %s" % (
             escape(expiry), escape(" ".join(tokens.scope) or "none"),
             button("/refresh", "Renew the token now"), button("/logout", "Log out"))))
 
 
-def devices_page(found):
+def devices_page(found, done=None):
     """Return a DeviceList as an HTML page (step e): a summary, then a table.
 
-    Offline devices and low batteries are said with a word, not by colour alone.
-    On a phone, the name, status and readings stay; the other columns are hidden.
+    Above them, what the button pressed before did. Offline devices and low
+    batteries are said with a word, not by colour alone. On a phone, the name,
+    status and readings stay; the other columns are hidden.
     """
     devices = found.devices
     now = time.time()
-    notes = "".join('<p class="note">Not granted: %s. Log in again and allow them at '
+    notes = '<p class="note">%s</p>\n' % escape(done) if done else ""
+    notes += "".join('<p class="note">Not granted: %s. Log in again and allow them at '
                     'Netatmo, or add the scope to --scopes.</p>\n' % escape(line)
                     for _, line in found.not_granted)
     notes += "".join('<p class="note">%s</p>\n' % escape(problem["message"])
@@ -2290,22 +2347,43 @@ def summary(devices):
     """Return the notes above the table: which devices are offline, which batteries low."""
     offline = [d for d in devices if d["reachable"] is False]
     weak = [d for d in devices if d["battery"] in ("low", "very_low")]
+    labels = told_apart(devices)
     notes = ""
     if offline:
         notes += '<p class="note"><strong>%d offline</strong>: %s.</p>\n' % (
-            len(offline), escape(names_of(offline, lambda d: "")))
+            len(offline), escape(names_of(offline, labels, lambda d: "")))
     if weak:
         notes += ('<p class="note"><strong>%d batter%s low or very low</strong>: %s.</p>\n'
-                  % (len(weak), "y" if len(weak) == 1 else "ies",
-                     escape(names_of(weak, lambda d: " (%s)" % battery_text(d, "%s, %d %%")))))
+                  % (len(weak), "y" if len(weak) == 1 else "ies", escape(names_of(
+                      weak, labels, lambda d: " (%s)" % battery_text(d, "%s, %d %%")))))
     return notes
 
 
-def names_of(devices, detail, most=10):
-    """Return the devices' names, each with its detail, the first `most` of them."""
-    named = ["%s%s" % (d["name"] or "unnamed %s" % d["id"], detail(d)) for d in devices]
+def names_of(devices, labels, detail, most=10):
+    """Return the devices' labels, each with its detail, the first `most` of them."""
+    named = ["%s%s" % (labels[id(d)], detail(d)) for d in devices]
     more = len(named) - most
     return ", ".join(named[:most]) + (" and %d more" % more if more > 0 else "")
+
+
+def told_apart(devices):
+    """Return {id(device): its name, with what tells it from others of that name}.
+
+    A name two devices share gets the product ("Bedroom (Home Coach)"), else the
+    room, else the id; an unnamed device is named by its id.
+    """
+    labels = {}
+    for d in devices:
+        name = d["name"] or "unnamed %s" % d["id"]
+        twins = [t for t in devices if t["name"] == d["name"]] if d["name"] else [d]
+        for key in ("product", "room", "id"):
+            if len(twins) == 1:
+                break
+            if sum(t[key] == d[key] for t in twins) == 1 or key == "id":
+                name += " (%s)" % (d[key] or "no %s" % key)
+                break
+        labels[id(d)] = name
+    return labels
 
 
 def status_word(device_row):
@@ -3307,7 +3385,7 @@ def run_terminal(config, server, saved):
     thread.start()
     try:
         say("open %s in a browser to log in (waiting up to %g s)" % (login_url, config.wait))
-        say("the redirect URI registered for the app must be %s" % config.redirect_uri)
+        say(config.redirect_uri_line())
         if config.open_browser:
             open_browser(login_url)
         if not server.outcome.done.wait(config.wait):
@@ -3367,7 +3445,7 @@ def print_outcome(config, tokens, found, not_kept=None):
     if config.print_token:
         print_token(tokens, config.json_output)
     else:
-        print_devices(found, config.json_output)
+        print_devices(found, config.json_output, table_width(config))
         for failure in found.failed:
             say(failure_line(failure))
     if not_kept:
@@ -3381,27 +3459,91 @@ def fail(status, message):
     return status
 
 
-def print_devices(found, as_json):
-    """Print a DeviceList on stdout: JSON as /devices.json, or an aligned table."""
+# The --once table's columns, and what a narrow terminal does to them, in this order:
+# drop ID, HOME, TYPE and PRODUCT; shorten READINGS to 24 columns; drop LAST SEEN and
+# BATTERY; shorten READINGS, then NAME, to 12. STATUS always stays whole.
+COLUMNS = ("NAME", "STATUS", "BATTERY", "LAST SEEN", "READINGS", "PRODUCT", "TYPE", "ID",
+           "HOME")
+NARROWER = (("ID", 0), ("HOME", 0), ("TYPE", 0), ("PRODUCT", 0), ("READINGS", 24),
+            ("LAST SEEN", 0), ("BATTERY", 0), ("READINGS", 12), ("NAME", 12))
+
+
+def print_devices(found, as_json, width=None):
+    """Print a DeviceList on stdout: JSON as /devices.json, or a table width columns wide.
+
+    width None keeps every column, whatever their width: for a file, a pipe, a mail.
+    """
     if as_json:
         text = json.dumps(device_list_json(found), indent=2)
     else:
         now = time.time()
-        rows = [("NAME", "STATUS", "BATTERY", "LAST SEEN", "READINGS", "PRODUCT", "TYPE",
-                 "ID", "HOME")] + [
+        rows = [COLUMNS] + [
             tuple(printable(v) for v in (
                 d["name"] or "(unnamed)", status_word(d), battery_text(d),
                 "" if d["last_seen"] is None else ago(d["last_seen"], now),
                 readings_text(d["readings"]), d["product"], d["type"], d["id"],
                 d["home"] or ""))
             for d in found.devices]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        text = "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip()
-                         for row in rows)
+        text = "\n".join(fitted(rows, width))
         text += "".join("\nnot granted: %s" % line for _, line in found.not_granted)
         text += "".join("\n%s" % printable(problem["message"])
                         for problem in found.status_problems)
     write_out(text)
+
+
+def fitted(rows, width):
+    """Return the table's lines, aligned by screen columns, at most width wide (or None).
+
+    Each step of NARROWER that is needed drops a column (0) or shortens it.
+    """
+    keep = list(range(len(COLUMNS)))
+    for name, most in NARROWER:
+        sizes = {i: max(columns_of(row[i]) for row in rows) for i in keep}
+        excess = sum(sizes.values()) + 2 * (len(keep) - 1) - (width or 0)
+        if width is None or excess <= 0:
+            break
+        column = COLUMNS.index(name)
+        if not most:
+            keep.remove(column)
+        else:
+            most = max(most, sizes[column] - excess)
+            rows = [row[:column] + (shortened(row[column], most),) + row[column + 1:]
+                    for row in rows]
+    sizes = {i: max(columns_of(row[i]) for row in rows) for i in keep}
+    return ["  ".join(row[i] + " " * (sizes[i] - columns_of(row[i])) for i in keep).rstrip()
+            for row in rows]
+
+
+def columns_of(text):
+    """Return the screen columns text takes: a wide character two, a combining mark none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF"
+               else 1 for c in text)
+
+
+def shortened(text, most):
+    """Return text cut to at most `most` screen columns, ending in "~" if it was cut."""
+    if columns_of(text) <= most:
+        return text
+    while columns_of(text) > most - 1:
+        text = text[:-1]
+    return text + "~"
+
+
+def table_width(config):
+    """Return how wide --once's table may be: COLUMNS, else the terminal's; or None.
+
+    Piped into a file or a mail, with no COLUMNS, the table stays whole, so that
+    scripts and cron mail keep every column. --wide keeps it whole everywhere.
+    """
+    if config.wide:
+        return None
+    if digits(os.environ.get("COLUMNS", "")):
+        return int(os.environ["COLUMNS"])
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns if sys.stdout.isatty() \
+            else None
+    except (OSError, ValueError):  # no terminal after all, or no file descriptor
+        return None
 
 
 def print_token(tokens, as_json):
@@ -3465,8 +3607,7 @@ def main(argv=None, environ=None):
         return run_terminal(config, server, saved)
     url = config.local_url("/")
     print("netatmo_stdlib: open %s in a browser" % url)
-    print("netatmo_stdlib: the redirect URI to register at %s is %s"
-          % (APPS_PAGE, config.redirect_uri), flush=True)
+    print("netatmo_stdlib: " + config.redirect_uri_line(), flush=True)
     if config.token_file:
         print("netatmo_stdlib: to save your login in %s for scripts, log in from %s"
               % (config.token_file.path, config.origin + server.login_path()), flush=True)

@@ -139,10 +139,13 @@ class BrowserTest(AppTestCase):
         calls = self.api_calls()
         self.click("Fetch again now", "/devices")
         self.assertEqual(self.api_calls(), calls + 3)
+        self.assertIn("Fetched just now from Netatmo.", chromium.text())
         # Renew the token now: exactly one refresh; the list is kept.
         self.assertEqual(self.refreshes(), 0)
         self.click("Renew the token now", "/devices")
         self.assertEqual(self.refreshes(), 1)
+        self.assertRegex(chromium.text(), r"Renewed at \d\d:\d\d UTC; valid until "
+                                          r"\d\d:\d\d UTC\.")
         self.assertEqual(self.api_calls(), calls + 3)
         # Home, and the buttons of the home page when logged in.
         self.click("Home", "/")
@@ -154,6 +157,7 @@ class BrowserTest(AppTestCase):
         self.click("Home", "/")
         self.click("Log out", "/")
         self.assertIn("Log in with Netatmo", chromium.text())
+        self.assertIn("Logged out of this browser. Its tokens are forgotten.", chromium.text())
         self.assertLoggedOut()
 
         # Log out from the device page too.

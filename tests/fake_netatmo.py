@@ -187,6 +187,51 @@ def generated_statuses(homes_body):
     return statuses
 
 
+# The keys whose values are unix times in Netatmo's answers; the first ones say when
+# Netatmo last heard from a device: its readings.
+READING_TIMES = ("last_seen", "last_message", "last_status_store", "time_utc", "ts")
+TIMES = READING_TIMES + (
+    "setup_date", "last_setup", "date_setup", "last_upgrade", "date_max_temp",
+    "date_min_temp", "date_max_wind_str", "date_max_gust", "therm_setpoint_start_time",
+    "therm_setpoint_end_time", "last_therm_seen", "last_plug_seen", "last_activity", "time")
+
+
+def times_of(value, keys):
+    """Return every unix time (a number above 10^9) under keys, anywhere in value."""
+    found = []
+    if isinstance(value, dict):
+        for key, child in value.items():
+            if key in keys and isinstance(child, (int, float)) and child > 1e9:
+                found.append(child)
+            found += times_of(child, keys)
+    elif isinstance(value, list):
+        for child in value:
+            found += times_of(child, keys)
+    return found
+
+
+def shifted(value, offset):
+    """Return value with every unix time in it moved by offset seconds (0 stays never)."""
+    if isinstance(value, dict):
+        return {key: child + offset if key in TIMES and isinstance(child, int)
+                and not isinstance(child, bool) and child > 1e9 else shifted(child, offset)
+                for key, child in value.items()}
+    if isinstance(value, list):
+        return [shifted(child, offset) for child in value]
+    return value
+
+
+def as_of_now(account, now, age=180):
+    """Return an account whose newest reading was taken `age` seconds before now.
+
+    One offset for the whole account: the gaps between devices, and between
+    answers, are kept, so the merge still picks the answer that heard from a
+    device last. The recorded answers are years old; a demo should not look dead.
+    """
+    newest = max(times_of(account, READING_TIMES) or [now - age])
+    return shifted(account, int(now - age - newest))
+
+
 def default_users():
     """Return the accounts the fake knows, by user name."""
     multi = fixture("homesdata_multi.json")
@@ -228,10 +273,14 @@ def hexes(n):
 class FakeNetatmo(object):
     """The state of the fake cloud, and the knobs tests turn."""
 
-    def __init__(self, client_id="test-client", client_secret="test-secret", users=None):
+    def __init__(self, client_id="test-client", client_secret="test-secret", users=None,
+                 recorded_times=False):
         self.clients = {client_id: client_secret}
         self.redirect_uris = set()
         self.users = users or default_users()
+        if not recorded_times:  # the tests that check readings ask for the recorded times
+            now = time.time()
+            self.users = {name: as_of_now(account, now) for name, account in self.users.items()}
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         # knobs
@@ -263,6 +312,7 @@ class FakeNetatmo(object):
         self.refresh_tokens = {}
         self.access_of_refresh = {}    # refresh token -> the access token issued with it
         self.issued = []               # every (access token, refresh token) it issued
+        self.state_path = None         # where the tokens are kept between runs (the demo)
         self.retired_refresh_tokens = set()
         self.api_calls = {}            # user -> [times], for the rate limits
         self.api_call_count = 0
@@ -334,6 +384,35 @@ class FakeNetatmo(object):
         """
         with open(os.path.join(FIXTURES, name), encoding="utf-8") as f:
             self.fail(path, ("status", status, json.load(f)), times)
+
+    def keep_tokens_in(self, path):
+        """Keep the tokens issued in a file, from one run of the fake to the next.
+
+        The demo starts a new fake at each command; a login saved by one command
+        (--token-file) must still be known to the fake of the next one.
+        """
+        self.state_path = path
+        try:
+            with open(path, encoding="utf-8") as f:
+                state = json.load(f)
+        except (OSError, ValueError):
+            return
+        with self.lock:
+            self.access_tokens = {t: Grant(*g) for t, g in state["access_tokens"].items()}
+            self.refresh_tokens = {t: Grant(*g) for t, g in state["refresh_tokens"].items()}
+            self.access_of_refresh = dict(state["access_of_refresh"])
+            self.retired_refresh_tokens = set(state["retired_refresh_tokens"])
+
+    def save_tokens(self):
+        """Write the tokens to the file of keep_tokens_in, if any (the caller holds the lock)."""
+        if self.state_path is None:
+            return
+        temporary = self.state_path + ".tmp"
+        with open(temporary, "w", encoding="utf-8") as f:
+            json.dump({"access_tokens": self.access_tokens, "refresh_tokens": self.refresh_tokens,
+                       "access_of_refresh": self.access_of_refresh,
+                       "retired_refresh_tokens": sorted(self.retired_refresh_tokens)}, f)
+        os.replace(temporary, self.state_path)
 
     def clear_faults(self):
         """Forget the faults not injected yet."""
@@ -488,6 +567,7 @@ class FakeNetatmo(object):
         self.refresh_tokens[refresh_token] = Grant(user, client_id, list(scope), None)
         self.access_of_refresh[refresh_token] = access_token
         self.issued.append((access_token, refresh_token))
+        self.save_tokens()
         answer = {"access_token": access_token, "refresh_token": refresh_token}
         answer.update((field, self.expires_in) for field in self.lifetime_fields)
         if self.scope_format == "list":
@@ -856,7 +936,12 @@ def main():
     fake.expires_in = args.expires_in
     if args.no_rate_limits:
         fake.rate_limits = None
-    fake.server = FakeServer(("127.0.0.1", args.port), FakeHandler)
+    try:
+        fake.server = FakeServer(("127.0.0.1", args.port), FakeHandler)
+    except OSError as e:
+        print("fake Netatmo: cannot listen on 127.0.0.1 port %d: %s" % (args.port, e.strerror),
+              file=sys.stderr)
+        return 2
     fake.server.fake = fake
     if args.tls:
         fake.server.tls = tls_context()

@@ -42,6 +42,7 @@ SCRIPTS = "tests.test_scripts.SharedFileTest"
 BAD_DAYS = "tests.test_bad_days."
 REAL = "tests.test_real_accounts."
 LESSON = "tests.test_lesson."
+NEWCOMER = "tests.test_newcomer."
 MUTATIONS = [
     # -- state, PKCE and the signed login cookie --
     ("state is not checked against the login cookie",
@@ -238,8 +239,8 @@ MUTATIONS = [
      'notes += "".join(\'<p class="note">%s</p>\\n\' % (problem["message"])',
      [DEVICES + "StatusTest"]),
     ("the offline devices are named unescaped",
-     'len(offline), escape(names_of(offline, lambda d: "")))',
-     'len(offline), (names_of(offline, lambda d: "")))', [DEVICES + "DeviceListTest"]),
+     'len(offline), escape(names_of(offline, labels, lambda d: "")))',
+     'len(offline), (names_of(offline, labels, lambda d: "")))', [DEVICES + "DeviceListTest"]),
     # -- request limits --
     ("request bodies of any size are read", 'if int(length) > self.max_body:', 'if False:',
      [HTTP + "ConnectionTest"]),
@@ -443,6 +444,29 @@ MUTATIONS = [
      '    request.redirect(302, authorize_url(config, state, challenge))  # (b) to Netatmo',
      '    request.redirect(302, authorize_url(config, state, challenge))\n'
      '    server.trace.login(request, cookie, state, challenge)', [BAD_DAYS + "TraceOrderTest"]),
+    # -- a newcomer's first hour (issue 20) --
+    ("--once's table ignores COLUMNS", 'if digits(os.environ.get("COLUMNS", "")):',
+     'if False:', [NEWCOMER + "TableTest"]),
+    ("a wide character counted as one screen column",
+     '2 if unicodedata.east_asian_width(c) in "WF"',
+     '1 if unicodedata.east_asian_width(c) in "WF"', [NEWCOMER + "TableTest"]),
+    ("a combining mark counted as a screen column", '0 if unicodedata.combining(c) else',
+     '1 if unicodedata.combining(c) else', [NEWCOMER + "TableTest"]),
+    ("a table piped into a file is narrowed to 80 columns",
+     'if sys.stdout.isatty() \\\n            else None',
+     'if sys.stdout.isatty() \\\n            else 80', [NEWCOMER + "TableTest"]),
+    ("--wide does not keep every column", 'if config.wide:\n        return None',
+     'if False:\n        return None', [NEWCOMER + "TableTest"]),
+    ("Renew says nothing of what it did",
+     'request.set_cookie(server.config.done_cookie_name, "renewed-%d" % time.time(), '
+     'max_age=60)', 'pass', [NEWCOMER + "ButtonsTest"]),
+    ("a reload says again what a button did",
+     '    request.expire_cookie(server.config.done_cookie_name)\n', '',
+     [NEWCOMER + "ButtonsTest"]),
+    ("two devices of one name are not told apart", '            if len(twins) == 1:',
+     '            if True:', [NEWCOMER + "SharedNamesTest"]),
+    ("a demo says to register its redirect URI at dev.netatmo.com",
+     'if self.api_url == DEFAULT_API_URL:', 'if True:', [NEWCOMER + "HelpTest"]),
     # -- the lesson (issue 19) --
     ("a stray step marker in Part 2", '    """Return new Tokens from Netatmo for tokens\' '
      'refresh token, which then dies."""\n',

@@ -190,7 +190,7 @@ class AppTestCase(unittest.TestCase):
     cache_seconds = 0  # most tests watch what each page asks of Netatmo
 
     def setUp(self):
-        self.fake = FakeNetatmo(CLIENT_ID, CLIENT_SECRET)
+        self.fake = FakeNetatmo(CLIENT_ID, CLIENT_SECRET, recorded_times=True)
         self.fake.start()
         self.addCleanup(self.fake.stop)
         self.log = LogCapture()

@@ -173,7 +173,8 @@ class StatusInPartsTest(RealAccountCase):
         self.assertIs(devices["12:34:56:00:fa:d0"]["reachable"], True)  # reached: it bridges
         self.assertEqual(answer["homes_without_status"], [])
         page = self.page()
-        self.assertIn("In home MYHOME, Netatmo says Hall does not answer: offline", page)
+        self.assertIn("In home MYHOME, Netatmo says Hall (Indoor Camera) does not answer: "
+                      "offline", page)
         self.assertNotIn("Home MYHOME does not answer", page)
 
     def test_an_empty_status_is_no_status(self):

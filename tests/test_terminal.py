@@ -53,7 +53,7 @@ class OnceRun(object):
         cap = env.pop("file_size_cap", None)
         wait = env.pop("lock_wait", None)
         mode = env.pop("mode", "--once")
-        environment = dict(os.environ, NETATMO_CLIENT_ID=CLIENT_ID,
+        environment = dict(env.pop("environment", os.environ), NETATMO_CLIENT_ID=CLIENT_ID,
                            NETATMO_CLIENT_SECRET=CLIENT_SECRET, PYTHONIOENCODING="utf-8")
         environment.update(env)
         start = [sys.executable] + (["-c", FILE_SIZE_CAP, str(cap)] if cap else []) + (
