@@ -25,6 +25,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from tests.run import each_at_once  # noqa: E402
 PROGRAM = os.path.join(ROOT, "netatmo_stdlib.py")
 
 BROWSER = "tests.browser_test"
@@ -554,21 +557,13 @@ def main(argv):
     lock = threading.Lock()
     started = time.time()
 
-    def worker():
-        while True:
-            with lock:
-                if not pending:
-                    return
-                number, mutation = pending.pop(0)
-            run_mutant(number, mutation, source, results)
-            with lock:
-                print("%3d done: %s (%.0f s)" % ((number,) + results[number]), flush=True)
+    def mutant(item):
+        number, mutation = item
+        run_mutant(number, mutation, source, results)
+        with lock:
+            print("%3d done: %s (%.0f s)" % ((number,) + results[number]), flush=True)
 
-    workers = [threading.Thread(target=worker) for _ in range((os.cpu_count() or 1) + 1)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    each_at_once(pending, (os.cpu_count() or 1) + 1, mutant)
     print("\n%-3s  %-62s  %s" % ("#", "mutation", "caught by"))
     for number in sorted(results):
         print("%-3d  %-62.62s  %s" % (number, MUTATIONS[number][0], results[number][0]))

@@ -65,44 +65,57 @@ def run_here(suite, failfast):
     return 0 if failed == 0 and result.testsRun > 0 else 1
 
 
-def run_in_parallel(classes, jobs):
-    """Run each test class in a child process, jobs at a time; sum up; return the status."""
-    pending = list(classes)
-    totals = [0, 0, 0]
+def each_at_once(items, jobs, work):
+    """Call work(item) for every item, in `jobs` threads; return when all are done.
+
+    The items are taken in order; work runs in the threads (tests/mutations.py too).
+    """
+    pending = list(items)
     lock = threading.Lock()
-    started = time.time()
 
     def worker():
         while True:
             with lock:
                 if not pending:
                     return
-                name = pending.pop(0)
-            begun = time.time()
-            child = subprocess.run([sys.executable, os.path.abspath(__file__), name],
-                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   universal_newlines=True, encoding="utf-8", errors="replace")
-            found = SUMMARY.findall(child.stdout)
-            counts = [int(n) for n in found[-1]] if found else [0, 1, 0]  # it crashed
-            failed = counts[1] > 0 or child.returncode != 0
-            report = child.stdout.strip() if failed else "\n".join(
-                "    " + line.strip() for line in child.stdout.splitlines()
-                if not NOISE.match(line.strip()))
-            with lock:
-                for i in range(3):
-                    totals[i] += counts[i]
-                if failed and counts[1] == 0:
-                    totals[1] += 1
-                print("%s %s (%d tests, %.1f s)%s" % ("FAILED" if failed else "ok    ", name,
-                                                      sum(counts), time.time() - begun,
-                                                      "\n" + report if report.strip() else ""),
-                      flush=True)
+                item = pending.pop(0)
+            work(item)
 
     workers = [threading.Thread(target=worker) for _ in range(max(1, jobs))]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
+
+
+def run_in_parallel(classes, jobs):
+    """Run each test class in a child process, jobs at a time; sum up; return the status."""
+    totals = [0, 0, 0]
+    lock = threading.Lock()
+    started = time.time()
+
+    def run_class(name):
+        begun = time.time()
+        child = subprocess.run([sys.executable, os.path.abspath(__file__), name],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               universal_newlines=True, encoding="utf-8", errors="replace")
+        found = SUMMARY.findall(child.stdout)
+        counts = [int(n) for n in found[-1]] if found else [0, 1, 0]  # it crashed
+        failed = counts[1] > 0 or child.returncode != 0
+        report = child.stdout.strip() if failed else "\n".join(
+            "    " + line.strip() for line in child.stdout.splitlines()
+            if not NOISE.match(line.strip()))
+        with lock:
+            for i in range(3):
+                totals[i] += counts[i]
+            if failed and counts[1] == 0:
+                totals[1] += 1
+            print("%s %s (%d tests, %.1f s)%s" % ("FAILED" if failed else "ok    ", name,
+                                                  sum(counts), time.time() - begun,
+                                                  "\n" + report if report.strip() else ""),
+                  flush=True)
+
+    each_at_once(classes, jobs, run_class)
     print("%d test classes in %.0f s, %d at a time" % (len(classes), time.time() - started,
                                                        jobs))
     print("%d passed, %d failed, %d skipped" % tuple(totals))
