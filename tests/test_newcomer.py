@@ -25,6 +25,14 @@ from tests.test_terminal import OnceRun, TokenFileCase
 DEMO = os.path.join(ROOT, "tests", "demo.py")
 
 
+def shell_environment(**settings):
+    """Return the environment of a newcomer's shell: no NETATMO_* nor an outer make's."""
+    env = clean_environment(**settings)
+    for name in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"):
+        env.pop(name, None)
+    return env
+
+
 def free_port():
     """Return a port nothing listens on now."""
     with socket.socket() as sock:
@@ -53,7 +61,7 @@ class DemoTest(unittest.TestCase):
         return subprocess.run(["make", "-s", target], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, universal_newlines=True, timeout=60,
                               stdin=subprocess.DEVNULL,
-                              env=clean_environment(**dict(self.ports, **env)))
+                              env=shell_environment(**dict(self.ports, **env)))
 
     def test_a_port_in_use_stops_both_and_make_fails_with_the_reason(self):
         for taken, words in (("FAKE_PORT", "the fake Netatmo cannot listen on 127.0.0.1 "
@@ -92,7 +100,7 @@ class DemoTest(unittest.TestCase):
                     command, shell=True, cwd=ROOT, stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE, universal_newlines=True, encoding="utf-8",
                     stdin=subprocess.DEVNULL,
-                    env=clean_environment(PYTHONIOENCODING="utf-8", **self.ports))
+                    env=shell_environment(PYTHONIOENCODING="utf-8", **self.ports))
                 self.addCleanup(lambda p=process: p.poll() is None and p.kill())
                 if "--no-browser" not in command:  # a person opens the address printed
                     line = process.stderr.readline()
