@@ -12,6 +12,7 @@ class prints one line, and its whole output if it failed.
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -26,7 +27,12 @@ NOISE = re.compile(r"^([.sFEx]*|-{70}|Ran \d+ tests? in .*|OK( \(.*\))?|\d+ pass
 
 
 def main(argv):
-    """Run the tests named in argv (default: all); return the exit status."""
+    """Run the tests named in argv (default: all); return the exit status.
+
+    Ctrl-C is a KeyboardInterrupt here, and a default signal in every child, even
+    when the suite was started in the background, where a shell ignores SIGINT for
+    it and its children: the tests that press Ctrl-C would wait for ever."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     failfast = "--failfast" in argv
     argv = [a for a in argv if a != "--failfast"]
     sys.path.insert(0, ROOT)
