@@ -501,8 +501,10 @@ MUTATIONS = [
 
 
 def copy_project(into):
-    """Copy the program and its tests into a folder; return the copy's program path."""
-    shutil.copy2(PROGRAM, into)
+    """Copy the program, the README and Makefile it is read and run by, and the tests
+    into a folder; return the copy's program path."""
+    for name in (PROGRAM, os.path.join(ROOT, "README.md"), os.path.join(ROOT, "Makefile")):
+        shutil.copy2(name, into)
     shutil.copytree(HERE, os.path.join(into, "tests"),
                     ignore=shutil.ignore_patterns("__pycache__", "output", "*.pyc"))
     return os.path.join(into, "netatmo_stdlib.py")
