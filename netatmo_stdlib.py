@@ -67,7 +67,7 @@ import threading
 import time
 import unicodedata
 import urllib.parse
-from collections import OrderedDict, namedtuple
+from collections import Counter, OrderedDict, namedtuple
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 __version__ = "1.0"
@@ -2372,16 +2372,16 @@ def told_apart(devices):
     A name two devices share gets the product ("Bedroom (Home Coach)"), else the
     room, else the id; an unnamed device is named by its id.
     """
+    shared = Counter(d["name"] for d in devices if d["name"])
+    # How many devices of one name have this product, or this room.
+    alike = Counter((key, d["name"], d[key]) for d in devices for key in ("product", "room"))
     labels = {}
     for d in devices:
         name = d["name"] or "unnamed %s" % d["id"]
-        twins = [t for t in devices if t["name"] == d["name"]] if d["name"] else [d]
-        for key in ("product", "room", "id"):
-            if len(twins) == 1:
-                break
-            if sum(t[key] == d[key] for t in twins) == 1 or key == "id":
-                name += " (%s)" % (d[key] or "no %s" % key)
-                break
+        if shared[d["name"]] > 1:
+            key = next((k for k in ("product", "room") if alike[k, d["name"], d[k]] == 1),
+                       "id")
+            name += " (%s)" % (d[key] or "no %s" % key)
         labels[id(d)] = name
     return labels
 

@@ -466,8 +466,8 @@ MUTATIONS = [
     ("a reload says again what a button did",
      '    request.expire_cookie(server.config.done_cookie_name)\n', '',
      [NEWCOMER + "ButtonsTest"]),
-    ("two devices of one name are not told apart", '            if len(twins) == 1:',
-     '            if True:', [NEWCOMER + "SharedNamesTest"]),
+    ("two devices of one name are not told apart", '        if shared[d["name"]] > 1:',
+     '        if False:', [NEWCOMER + "SharedNamesTest"]),
     ("a demo says to register its redirect URI at dev.netatmo.com",
      'if self.api_url == DEFAULT_API_URL:', 'if True:', [NEWCOMER + "HelpTest"]),
     # -- the lesson (issue 19) --
