@@ -2607,6 +2607,11 @@ class Handler(BaseHTTPRequestHandler):
         if self.requests:
             seconds = min(seconds, self.keep_alive_seconds)
         self.server.watch(self.connection, seconds)
+        # An answer carries the cookies of its own request only, even when http.server
+        # refuses the request itself (400, 414, 431, 505) and dispatch() never runs: on
+        # a kept-alive connection (a reverse proxy's), the previous request's session
+        # cookie would go to whoever sent this one.
+        self.cookies = []
         BaseHTTPRequestHandler.handle_one_request(self)
 
     def parse_request(self):
@@ -2631,7 +2636,6 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         self.query = self.path[len(path) + 1:]
         methods = self.routes.get(path)
-        self.cookies = []
         self.requests += 1
         if self.requests >= self.max_requests:  # a busy client does not keep it for ever
             self.close_connection = True

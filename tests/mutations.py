@@ -46,6 +46,7 @@ BAD_DAYS = "tests.test_bad_days."
 REAL = "tests.test_real_accounts."
 LESSON = "tests.test_lesson."
 NEWCOMER = "tests.test_newcomer."
+REVIEW = "tests.test_review."
 MUTATIONS = [
     # -- state, PKCE and the signed login cookie --
     ("state is not checked against the login cookie",
@@ -493,6 +494,11 @@ MUTATIONS = [
     ("--print-token says 'used as it is' and then refreshes",
      'told.saved_login(config.token_file.path, saved, session.tokens is not saved)',
      'told.saved_login(config.token_file.path, saved, False)', ["tests.test_trace"]),
+    # -- the security review (issue 24) --
+    ("an answer http.server refuses carries the previous answer's cookies",
+     'self.cookies = []\n        BaseHTTPRequestHandler.handle_one_request(self)',
+     'self.cookies = self.cookies if self.requests else []\n'
+     '        BaseHTTPRequestHandler.handle_one_request(self)', [REVIEW + "OwnCookiesTest"]),
     # -- HTTPS serving --
     ("plain HTTP to the https port gets no answer",
      'request.sendall(plain_http_answer(self.config.origin + "/"))', 'pass',

@@ -1,0 +1,117 @@
+"""Nothing crosses from one person to another (issue 24): the security review's faults.
+
+An answer carries only the cookies of its own request; the owner's key stays in the
+terminal; --open gives nothing away to other users of the host; the settings a
+locked-down site expects; any string from Netatmo is safe to show; and the review's
+smaller faults.
+"""
+
+import os
+import socket
+import tempfile
+import urllib.parse
+
+from tests.support import AppTestCase, Browser
+
+
+class RawConnection(object):
+    """One kept-alive connection to the app, speaking raw bytes, as a reverse proxy does."""
+
+    def __init__(self, port):
+        self.port = port
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.reader = self.sock.makefile("rb")
+
+    def close(self):
+        self.reader.close()
+        self.sock.close()
+
+    def exchange(self, data):
+        """Send data; return (status, [(header, value)], body) of the one answer."""
+        self.sock.sendall(data)
+        status_line = self.reader.readline()
+        if not status_line:
+            return None, [], b""
+        headers = []
+        while True:
+            line = self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            headers.append((name.strip(), value.strip()))
+        length = int(dict((n.lower(), v) for n, v in headers).get("content-length", 0))
+        return int(status_line.split()[1]), headers, self.reader.read(length)
+
+    def get(self, target, cookie=None):
+        """GET target on this connection; return the answer."""
+        return self.exchange(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n" % (
+            target.encode(), self.port, b"Cookie: %s\r\n" % cookie.encode() if cookie
+            else b""))
+
+
+def set_cookies(headers):
+    """Return the Set-Cookie values of an answer's headers."""
+    return [value for name, value in headers if name.lower() == "set-cookie"]
+
+
+class OwnCookiesTest(AppTestCase):
+    """1. An answer carries only the cookies of its own request (high)."""
+
+    def app_settings(self):
+        folder = tempfile.mkdtemp()
+        self.addCleanup(lambda: [os.remove(os.path.join(folder, f))
+                                 for f in os.listdir(folder)] and os.rmdir(folder))
+        return {"token_file": os.path.join(folder, "tokens.json")}
+
+    # Requests that http.server refuses itself, and those our handler refuses; all
+    # but the last two close the connection after their answer.
+    REFUSALS = [
+        (431, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(
+            b"X-%d: y\r\n" % i for i in range(60)) + b"\r\n"),
+        (400, b"GET / HTTP/1.1 extra\r\nHost: x\r\n\r\n"),
+        (414, b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (505, b"GET / HTTP/2.0\r\nHost: x\r\n\r\n"),
+        (413, b"POST /devices HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"),
+        (411, b"POST /devices HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        (404, b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (405, b"DELETE /devices HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ]
+
+    def callback(self, connection):
+        """Send, on connection, a callback that logs a browser in; return its answer."""
+        browser = Browser()
+        authorize = browser.get(self.url + "/login").location
+        back = browser.get(authorize, headers={"X-Fake-Approve": "alice"}).location
+        target = back.split(str(self.server.server_address[1]), 1)[1]
+        cookie = "; ".join("%s=%s" % kv for kv in browser.cookies["127.0.0.1"].items())
+        return connection.get(target, cookie)
+
+    def openers(self):
+        """Return (name, function of a connection) of requests that set cookies."""
+        owners = self.server.login_path()
+        return [("the callback", self.callback),
+                ("/login", lambda c: c.get("/login")),
+                ("an owner's /login?k=", lambda c: c.get(owners))]
+
+    def test_a_refused_request_never_carries_the_cookies_of_the_one_before(self):
+        for opener_name, opener in self.openers():
+            for status, refused in self.REFUSALS:
+                with self.subTest(opener=opener_name, refusal=status):
+                    connection = RawConnection(self.server.server_address[1])
+                    self.addCleanup(connection.close)
+                    first, headers, _ = opener(connection)
+                    self.assertIn(first, (302, 303))
+                    self.assertTrue(set_cookies(headers))
+                    answer, headers, _ = connection.exchange(refused)
+                    self.assertEqual(answer, status)
+                    self.assertEqual(set_cookies(headers), [])
+                    if status not in (404, 405):
+                        continue
+                    # The connection stays open: a good request carries its own only.
+                    answer, headers, _ = connection.get("/healthz")
+                    self.assertEqual((answer, set_cookies(headers)), (200, []))
+                    answer, headers, _ = connection.get("/login")
+                    self.assertEqual(answer, 302)
+                    [cookie] = set_cookies(headers)
+                    self.assertTrue(cookie.startswith("netatmo_login="), cookie)
+        self.assertNoTraceback()
