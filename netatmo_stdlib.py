@@ -1277,7 +1277,10 @@ def refusal(server, request, nonce, owner, problem, state, matches):
         # A redirect URI or client id that Netatmo refuses is a setting to fix.
         exit_status = Exit.BAD_SETTING if error in ("redirect_uri_mismatch",
                                                     "invalid_client") else Exit.LOGIN_FAILED
-    again = server.login_path(owner)
+    # The owner's key is printed once, in the terminal, and never put in a page.
+    again = None if owner else "/login"
+    if owner:
+        explanation += " To try again, open the address printed in the terminal."
     if ask:
         return PageError(status, title, explanation + " This answer came without the "
                          "login's state, so this program cannot tell it from a link on "
@@ -2455,10 +2458,11 @@ def failure_line(failure):
 
 
 def error_page(error):
-    """Return the page of a PageError: what happened, and a way on."""
-    return page(error.title, "<p>%s</p>\n<p>%s<a class=\"button\" href=\"%s\">%s</a></p>"
-                % (escape(error.explanation), button(*error.form) + " " if error.form else "",
-                   escape(error.link), escape(error.link_text)))
+    """Return the page of a PageError: what happened, and a way on (a button, a link)."""
+    link = '<a class="button" href="%s">%s</a>' % (escape(error.link), escape(
+        error.link_text)) if error.link else ""
+    return page(error.title, "<p>%s</p>\n<div>%s%s</div>" % (
+        escape(error.explanation), button(*error.form) + " " if error.form else "", link))
 
 
 # ---- The HTTP handler -------------------------------------------------------------

@@ -125,8 +125,8 @@ MUTATIONS = [
     ("the granted scopes unescaped on the home page",
      'escape(" ".join(tokens.scope) or "none")', '(" ".join(tokens.scope) or "none")',
      [DEVICES + "DeviceListTest"]),
-    ("the error page's explanation unescaped", '% (escape(error.explanation), button(',
-     '% ((error.explanation), button(', [DEVICES + "DeviceListTest", HTTP + "HeadersTest"]),
+    ("the error page's explanation unescaped", 'escape(error.explanation), button(',
+     '(error.explanation), button(', [DEVICES + "DeviceListTest", HTTP + "HeadersTest"]),
     # -- the Origin check and the pages' headers --
     ("POSTs from a page under no-referrer get Origin: null: Log out fails in a browser",
      'self.send_header("Referrer-Policy", "same-origin")',
@@ -499,6 +499,9 @@ MUTATIONS = [
      'self.cookies = []\n        BaseHTTPRequestHandler.handle_one_request(self)',
      'self.cookies = self.cookies if self.requests else []\n'
      '        BaseHTTPRequestHandler.handle_one_request(self)', [REVIEW + "OwnCookiesTest"]),
+    ("a refusal page links to the owner's login with the key",
+     'again = None if owner else "/login"', 'again = server.login_path(owner)',
+     ["tests.test_channels.OwnersKeyTest"]),
     # -- HTTPS serving --
     ("plain HTTP to the https port gets no answer",
      'request.sendall(plain_http_answer(self.config.origin + "/"))', 'pass',

@@ -14,10 +14,16 @@ differ from the state. The state, the code, the login cookie, the session id and
 import base64
 import hashlib
 import html
+import re
+import signal
+import subprocess
+import sys
 import urllib.parse
 
-from tests.support import AppTestCase, Browser, CLIENT_SECRET
-from tests.test_terminal import OnceRun
+from tests.support import AppTestCase, Browser, CLIENT_ID, CLIENT_SECRET
+from tests.test_bad_days import PROGRAM, query_of
+from tests.test_cli import clean_environment
+from tests.test_terminal import OnceRun, TokenFileCase
 
 
 def s256(value):
@@ -146,3 +152,106 @@ class BackChannelTest(AppTestCase):
         self.assertEqual(status, 0)
         self.assertIn(out.strip(), dict(self.fake.issued))  # the token went to stdout only
         self.assertKeptApart([browser])
+
+
+def answers_of(browsers):
+    """Return every answer the browsers received, as text: status, headers, bodies."""
+    return "\n".join("%d\n%s\n%s" % (r.status, "\n".join("%s: %s" % h for h in r.headers.items()),
+                                     r.body.decode("utf-8", "replace"))
+                     for browser in browsers for r in browser.history)
+
+
+def key_shapes(key):
+    """Return the forms in which the owner's key could show up: raw, %-encoded, escaped."""
+    return {key, urllib.parse.quote(key, safe=""), urllib.parse.quote_plus(key),
+            html.escape(key)}
+
+
+class OwnersKeyTest(TokenFileCase):
+    """The owner's key (/login?k=...) is printed once, and reaches no answer, log or trace
+    (issue 24, item 2)."""
+
+    def assertKeyOnlyPrinted(self, key, browsers, printed, elsewhere):
+        """The key is in no answer, once in what was printed, nowhere in elsewhere."""
+        for where, text in (("an answer", answers_of(browsers)), ("the log", elsewhere)):
+            for shape in key_shapes(key):
+                at = text.find(shape)
+                self.assertEqual(at, -1, "the key reached %s: ...%s..." % (
+                    where, text[max(0, at - 300):at + 60]))
+        self.assertEqual(printed.count(key), 1, printed)
+
+    def every_kind_of_answer(self, origin, owners, browser):
+        """As the owner and as strangers: pages, refusals, a cancel, errors."""
+        strangers = Browser()
+        for path in ("/", "/login", "/login?k=wrong", "/devices", "/devices.json",
+                     "/authenticate?error=x", "/authenticate?code=c&state=s", "/nowhere"):
+            strangers.get(origin + path)
+        strangers.request("DELETE", origin + "/devices")
+        strangers.follow(origin + "/login", approve_as="deny")
+        self.fake.refuse_without_state = False
+        browser.follow(owners, approve_as="deny")  # a refusal with the state
+        self.fake.refuse_without_state = True
+        browser.follow(owners, approve_as="deny")  # without it: the person decides
+        browser.post(origin + "/authenticate", headers={"Origin": origin})  # cancels
+        self.fake.refuse_without_state = False
+        hops = browser.follow(owners, approve_as="alice")
+        browser.get(hops[-2].url)  # the callback again: a stale link
+        port = origin.rsplit(":", 1)[1]
+        Browser().get("http://localhost:%s/login?k=%s" % (port, query_of(owners)["k"]))
+        return [strangers, browser]
+
+    def test_web_mode_with_a_token_file(self):
+        process = subprocess.Popen(
+            [sys.executable, PROGRAM, "--port", "0", "--api-url", self.fake.url,
+             "--token-file", self.path, "--trace"], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, universal_newlines=True,
+            env=clean_environment(NETATMO_CLIENT_ID=CLIENT_ID,
+                                  NETATMO_CLIENT_SECRET=CLIENT_SECRET))
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        start = [process.stdout.readline() for _ in range(3)]
+        self.fake.register_redirect_uri(start[1].split()[-1])
+        owners = start[2].split()[-1]
+        origin = owners.split("/login")[0]
+        browser = Browser()
+        browsers = self.every_kind_of_answer(origin, owners, browser)
+        self.assertEqual(browser.get(origin + "/devices").status, 200)
+        self.assertEqual(browser.post(origin + "/refresh", headers={"Origin": origin})
+                         .status, 303)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+        self.assertIn("(d) exchange it for a token", err)  # the trace was on
+        self.assertKeyOnlyPrinted(query_of(owners)["k"], browsers + [Browser()],
+                                  "".join(start) + out, err)
+        self.assertIn(self.saved()["refresh_token"], self.fake.refresh_tokens)
+
+    def test_once_refusals_cancel_and_errors(self):
+        for refuse_without_state in (False, True):
+            with self.subTest(refuse_without_state=refuse_without_state):
+                self.fake.refuse_without_state = refuse_without_state
+                run = OnceRun(self, "--token-file", self.path, "--trace")
+                printed = run.process.stderr.readline()
+                self.fake.register_redirect_uri(run.process.stderr.readline().split()[-1])
+                owners = re.search(r"open (\S+) in a browser", printed).group(1)
+                origin = owners.split("/login")[0]
+                browser, strangers = Browser(), Browser()
+                for path in ("/", "/login", "/devices", "/authenticate?code=c&state=s"):
+                    strangers.get(origin + path)
+                hops = browser.follow(owners, approve_as="deny")
+                if refuse_without_state:
+                    self.assertIn("Cancel this login", hops[-1].text)
+                    browser.post(origin + "/authenticate", headers={"Origin": origin})
+                status, out, err = run.finish()
+                self.assertEqual(status, 1, err)
+                self.assertKeyOnlyPrinted(query_of(owners)["k"], [browser, strangers],
+                                          printed, out + err)
+
+    def test_once_login(self):
+        run = OnceRun(self, "--token-file", self.path, "--trace")
+        printed = run.process.stderr.readline()
+        self.fake.register_redirect_uri(run.process.stderr.readline().split()[-1])
+        owners = re.search(r"open (\S+) in a browser", printed).group(1)
+        browser = Browser()
+        self.assertEqual(browser.follow(owners, approve_as="alice")[-1].status, 200)
+        status, out, err = run.finish()
+        self.assertEqual(status, 0, err)
+        self.assertKeyOnlyPrinted(query_of(owners)["k"], [browser], printed, out + err)
