@@ -501,6 +501,7 @@ def read_config(argv, environ):
         raise ConfigError("no client id: pass --client-id or set NETATMO_CLIENT_ID "
                           "(your app's id at %s)" % APPS_PAGE)
     client_secret = read_client_secret(args.client_secret_file, environ)
+    environ.pop("NETATMO_CLIENT_SECRET", None)  # read once: the browser does not inherit it
 
     host = setting(args.host, "HOST", default="127.0.0.1")
     port = number(setting(args.port, "PORT", default="8000"), "--port", "PORT",
@@ -3388,6 +3389,7 @@ def run_terminal(config, server, saved):
         return fail(Exit.LOGIN_FAILED, "no saved login in %s: run once without "
                     "--no-browser to log in" % config.token_file.path)
     login_url = config.origin + server.login_path()
+    redirect = None
     # Poll for shutdown every 0.1 s (not 0.5): the run ends soon after the login.
     thread = threading.Thread(target=server.serve_forever, args=(0.1,))
     thread.start()
@@ -3395,7 +3397,7 @@ def run_terminal(config, server, saved):
         say("open %s in a browser to log in (waiting up to %g s)" % (login_url, config.wait))
         say(config.redirect_uri_line())
         if config.open_browser:
-            open_browser(login_url)
+            redirect = open_browser(login_url, secret=True)
         if not server.outcome.done.wait(config.wait):
             return fail(Exit.NO_LOGIN, "no login was completed within %g s (--wait)"
                         % config.wait)
@@ -3405,6 +3407,8 @@ def run_terminal(config, server, saved):
         server.shutdown()
         server.server_close()
         thread.join()
+        if redirect is not None:
+            remove_redirect_page(redirect)
     outcome = server.outcome
     if outcome.tokens is None:  # no login: nothing to print
         return fail(outcome.status, outcome.message)
@@ -3577,15 +3581,58 @@ def printable(value):
     return "".join(c if c.isprintable() else "?" for c in value)
 
 
-def open_browser(url):
-    """Open url in the person's browser, or say there is none."""
+def open_browser(url, secret=False):
+    """Open url in the person's browser; return the private page made for it, or None.
+
+    A url that carries a secret (the owner's key) never goes on the browser's command
+    line, which every user of this host can read in ps: the browser is given a private
+    page that sends it on (Jupyter's way), which the caller removes when the run ends.
+    """
     import webbrowser
+    redirect = None
+    if secret:
+        try:
+            redirect = redirect_page(url)
+        except OSError as e:
+            say("cannot write a private page for the browser in %s (%s); open the address "
+                "yourself" % (os.path.expanduser("~"), e.strerror or e))
+            return None
+        import pathlib
+        url = pathlib.Path(redirect).as_uri()
     try:
         opened = webbrowser.open(url)
     except Exception:  # webbrowser can fail in many ways on a headless host
         opened = False
     if not opened:
         say("no browser to open here; open the address yourself")
+    return redirect
+
+
+def redirect_page(url):
+    """Write a page that sends the browser on to url; return its path, readable by us only.
+
+    Its folder is new, 0700, in the home folder: not in /tmp, and not hidden, for a snap
+    browser (Ubuntu's default) can read neither. The page is 0600 and written through
+    no symlink: other users of this host cannot read the key in it.
+    """
+    folder = tempfile.mkdtemp(prefix="netatmo-login-", dir=os.path.expanduser("~"))
+    path = os.path.join(folder, "login.html")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(page("Netatmo login", '<p><a href="%s">Continue to the login</a></p>'
+                     % escape(url)).replace("<head>", '<head><meta http-equiv="refresh" '
+                                            'content="0;url=%s">' % escape(url), 1))
+    return path
+
+
+def remove_redirect_page(path):
+    """Remove the page open_browser wrote, and its folder."""
+    try:
+        os.remove(path)
+        os.rmdir(os.path.dirname(path))
+    except OSError:
+        pass
 
 
 # ---- The command line -------------------------------------------------------------

@@ -502,6 +502,15 @@ MUTATIONS = [
     ("a refusal page links to the owner's login with the key",
      'again = None if owner else "/login"', 'again = server.login_path(owner)',
      ["tests.test_channels.OwnersKeyTest"]),
+    ("--open puts the owner's key on the browser's command line, for ps",
+     'redirect = open_browser(login_url, secret=True)',
+     'redirect = open_browser(login_url)', [REVIEW + "OpenBrowserTest"]),
+    ("the browser inherits the client secret from the environment",
+     '    environ.pop("NETATMO_CLIENT_SECRET", None)', '    pass', [REVIEW + "OpenBrowserTest"]),
+    ("--open's private page is readable by other users",
+     '                 0o600)\n    with os.fdopen(fd, "w", encoding="utf-8") as f:',
+     '                 0o644)\n    os.chmod(folder, 0o755)\n'
+     '    with os.fdopen(fd, "w", encoding="utf-8") as f:', [REVIEW + "OpenBrowserTest"]),
     # -- HTTPS serving --
     ("plain HTTP to the https port gets no answer",
      'request.sendall(plain_http_answer(self.config.origin + "/"))', 'pass',

@@ -6,12 +6,17 @@ locked-down site expects; any string from Netatmo is safe to show; and the revie
 smaller faults.
 """
 
+import json
 import os
+import re
 import socket
+import subprocess
+import sys
 import tempfile
 import urllib.parse
 
-from tests.support import AppTestCase, Browser
+from tests.support import AppTestCase, Browser, CLIENT_SECRET
+from tests.test_terminal import BrowserStub, OnceRun, TokenFileCase, redirect_target
 
 
 class RawConnection(object):
@@ -115,3 +120,42 @@ class OwnCookiesTest(AppTestCase):
                     [cookie] = set_cookies(headers)
                     self.assertTrue(cookie.startswith("netatmo_login="), cookie)
         self.assertNoTraceback()
+
+
+class OpenBrowserTest(TokenFileCase):
+    """3. --open gives nothing away to other users of the host (medium)."""
+
+    def test_the_browser_gets_neither_the_key_nor_the_client_secret(self):
+        home = tempfile.mkdtemp()
+        os.chmod(home, 0o755)  # as many home folders are: others may look in
+        self.addCleanup(lambda: subprocess.call(["rm", "-rf", home]))
+        stub = BrowserStub(self)
+        run = OnceRun(self, "--open", "--token-file", self.path, BROWSER=stub.command(),
+                      HOME=home)
+        url = run.wait_for_login_url()
+        key = url.split("k=")[1]
+        argv, environ = stub.opened()
+        self.assertNotIn(key, " ".join(argv))
+        self.assertNotIn("NETATMO_CLIENT_SECRET", environ)
+        self.assertNotIn(CLIENT_SECRET, json.dumps(environ))
+        # Another user of the host reads argv in ps: first, and with all it gives.
+        page = urllib.parse.unquote(urllib.parse.urlsplit(argv[0]).path)
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            other = subprocess.run(
+                [sys.executable, "-c", "import os, sys; os.setgid(65534); os.setuid(65534); "
+                 "open(sys.argv[1]).read()", page], stderr=subprocess.PIPE,
+                universal_newlines=True)
+            self.assertIn("PermissionError", other.stderr)
+        origin = url.split("/login")[0]
+        stranger = Browser()
+        for target in [origin + "/login"] + [origin + "/login?k=" + word for word in
+                                             re.split(r"[/?&=]", argv[0]) if word]:
+            self.assertEqual(stranger.follow(target, approve_as="bob")[-1].status, 403)
+        self.assertEqual(self.fake.requests_to("/oauth2/authorize"), [])
+        self.assertFalse(os.path.exists(self.path))
+        # The person's browser reads the page, and its login works.
+        hops = Browser().follow(redirect_target(argv), approve_as="alice")
+        self.assertEqual(hops[-1].status, 200)
+        status, out, err = run.finish()
+        self.assertEqual(status, 0, err)
+        self.assertIn(self.saved()["refresh_token"], self.fake.refresh_tokens)

@@ -592,16 +592,69 @@ class HttpsTest(AppTestCase):
         self.assertNoTraceback()
 
 
+# A stand-in for the person's browser (BROWSER=...): it sends the test its argv and its
+# environment over a socket, the test's readiness signal. No colon in it: webbrowser
+# splits BROWSER at os.pathsep.
+BROWSER_STUB = ("import json, os, socket, sys; s = socket.create_connection(('127.0.0.1', "
+                "int(sys.argv[1])), timeout=30); s.sendall(json.dumps(dict(argv=sys.argv[slice"
+                "(2, None)], environ=dict(os.environ))).encode()); s.close()")
+
+
+class BrowserStub(object):
+    """Listens for what the stub browser was given; use .environment() for OnceRun."""
+
+    def __init__(self, test):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.listener.settimeout(30)
+        test.addCleanup(self.listener.close)
+
+    def command(self):
+        """Return the BROWSER variable that runs the stub."""
+        return '%s -c "%s" %d %%s' % (sys.executable, BROWSER_STUB,
+                                       self.listener.getsockname()[1])
+
+    def opened(self):
+        """Wait for the stub; return (its argv, its environment)."""
+        connection, _ = self.listener.accept()
+        with connection:
+            data = b""
+            while True:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        record = json.loads(data.decode())
+        return record["argv"], record["environ"]
+
+
+def redirect_target(argv):
+    """Return the address the private page the browser was given sends it to."""
+    parsed = urllib.parse.urlsplit(argv[0])
+    assert parsed.scheme == "file", argv
+    with open(urllib.parse.unquote(parsed.path), encoding="utf-8") as f:
+        page = f.read()
+    return re.search(r'http-equiv="refresh" content="0;url=([^"]+)"', page).group(1) \
+        .replace("&amp;", "&")
+
+
 class OpenTest(AppTestCase):
 
-    def test_open_hands_the_address_to_the_browser(self):
-        record = tempfile.mktemp()
-        self.addCleanup(lambda: os.path.exists(record) and os.remove(record))
-        browser = "%s -c \"import sys; open('%s', 'w').write(sys.argv[1])\" %%s" % (
-            sys.executable, record)
-        run = OnceRun(self, "--open", "--wait", "30", BROWSER=browser)
+    def test_open_hands_the_browser_a_private_page_that_leads_to_the_address(self):
+        home = tempfile.mkdtemp()
+        self.addCleanup(lambda: subprocess.call(["rm", "-rf", home]))
+        stub = BrowserStub(self)
+        run = OnceRun(self, "--open", "--wait", "30", BROWSER=stub.command(), HOME=home)
         url = run.wait_for_login_url()
+        argv, _ = stub.opened()
+        # Not the address: its key would be in ps for every user of the host (issue 24).
+        self.assertEqual(redirect_target(argv), url)
+        self.assertNotIn(url.split("k=")[1], " ".join(argv))
+        page = urllib.parse.unquote(urllib.parse.urlsplit(argv[0]).path)
+        self.assertEqual(os.path.dirname(os.path.dirname(page)), home)  # not /tmp, not hidden
+        self.assertEqual(stat.S_IMODE(os.stat(page).st_mode), 0o600)
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.dirname(page)).st_mode), 0o700)
         Browser().follow(url, approve_as="alice")
         self.assertEqual(run.finish()[0], 0)
-        with open(record) as f:
-            self.assertEqual(f.read(), url)
+        self.assertEqual(os.listdir(home), [])  # the page is removed when the run ends
