@@ -297,6 +297,8 @@ class ConfigError(Exception):
 class Config(object):
     """Every setting, read once from flags, else the environment, else a default."""
 
+    max_secret_file = 64 * 1024  # bytes of --client-secret-file read; a larger one is refused
+
     def __init__(self, client_id, client_secret, host="127.0.0.1", port=8000,
                  redirect_uri=None, scopes=DEFAULT_SCOPES, api_url=DEFAULT_API_URL,
                  timeout=10.0, cache_seconds=30.0, once=False, json_output=False,
@@ -343,6 +345,17 @@ class Config(object):
             return "the redirect URI to register at %s is %s" % (APPS_PAGE, self.redirect_uri)
         return "--api-url is not Netatmo's, so nothing is registered; the redirect URI " \
                "is " + self.redirect_uri
+
+    def in_clear_line(self):
+        """Return the warning for a server that the network reaches over plain http, or None.
+
+        Behind a TLS-terminating proxy the redirect URI is https: no warning then.
+        """
+        if loopback(self.host) or self.certfile or self.secure_cookies:
+            return None
+        return ("listening on %s over plain http: the cookies travel in clear on the "
+                "network; serve https with --certfile and --keyfile, or put a TLS proxy in "
+                "front and set --redirect-uri https://..." % (self.host or "every address"))
 
     @property
     def terminal(self):
@@ -438,8 +451,8 @@ exit status of --once and --print-token:
     add("--client-secret-file", metavar="PATH",
         help="a file holding your app's client secret (env NETATMO_CLIENT_SECRET holds "
              "the secret itself; there is no flag for the value: argv shows in ps)")
-    add("--host", help="address to listen on (env HOST, default 127.0.0.1)")
-    add("--port", help="port to listen on (env PORT, default 8000)")
+    add("--host", help="address to listen on (env NETATMO_HOST, default 127.0.0.1)")
+    add("--port", help="port to listen on (env NETATMO_PORT, default 8000)")
     add("--redirect-uri", help="the redirect URI registered for your app (env "
         "NETATMO_REDIRECT_URI, default http://HOST:PORT/authenticate)")
     add("--scopes", help="space-separated scopes (env NETATMO_SCOPES, default %r)"
@@ -503,8 +516,10 @@ def read_config(argv, environ):
     client_secret = read_client_secret(args.client_secret_file, environ)
     environ.pop("NETATMO_CLIENT_SECRET", None)  # read once: the browser does not inherit it
 
-    host = setting(args.host, "HOST", default="127.0.0.1")
-    port = number(setting(args.port, "PORT", default="8000"), "--port", "PORT",
+    # NETATMO_HOST, not HOST: tcsh exports HOST as the machine's name, which would
+    # put the server on the network without anyone asking.
+    host = setting(args.host, "NETATMO_HOST", default="127.0.0.1")
+    port = number(setting(args.port, "NETATMO_PORT", default="8000"), "--port", "NETATMO_PORT",
                   "a port number", 0, 65535, whole=True)
 
     timeout = number(setting(args.timeout, "NETATMO_TIMEOUT", default="10"), "--timeout",
@@ -522,6 +537,11 @@ def read_config(argv, environ):
 
     api_url = setting(args.api_url, "NETATMO_API_URL", default=DEFAULT_API_URL)
     check_url(api_url, "--api-url", "NETATMO_API_URL", "e.g. %s" % DEFAULT_API_URL)
+    if api_url.lower().startswith("http:") and not loopback(urllib.parse.urlsplit(
+            api_url).hostname):  # through a proxy too: the proxy would see them
+        raise ConfigError("--api-url %s is plain http to another host: the client secret "
+                          "and the tokens would travel in clear; use https (or a loopback "
+                          "address for a test cloud)" % api_url)
     redirect_uri = setting(args.redirect_uri, "NETATMO_REDIRECT_URI")
     if redirect_uri is not None:
         check_url(redirect_uri, "--redirect-uri", "NETATMO_REDIRECT_URI",
@@ -581,16 +601,40 @@ def read_client_secret(path, environ):
             raise ConfigError("no client secret: pass --client-secret-file PATH or set "
                               "NETATMO_CLIENT_SECRET (your app's secret at %s)" % APPS_PAGE)
         return secret
-    try:
-        with open(path, encoding="utf-8") as f:
-            secret = f.read().strip()
+    try:  # without waiting: a FIFO planted there cannot hang the start
+        with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f:
+            info = os.fstat(f.fileno())
+            problem = "is not a regular file" if not stat.S_ISREG(info.st_mode) \
+                else not_private(info)
+            if problem:  # as ssh refuses a private key that others can read
+                raise ConfigError("--client-secret-file %r %s; it holds your app's secret: "
+                                  "chmod 600 it" % (path, problem))
+            raw = f.read(Config.max_secret_file + 1)
+        secret = raw.decode("utf-8").strip()
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError("cannot read --client-secret-file %r: %s" %
                           (path, getattr(e, "strerror", None) or e))
+    if len(raw) > Config.max_secret_file:
+        raise ConfigError("--client-secret-file %r is larger than %d KB: it should hold "
+                          "the secret alone" % (path, Config.max_secret_file // 1024))
     if not secret:
         raise ConfigError("--client-secret-file %r is empty: put your app's client secret "
                           "in it" % path)
     return secret
+
+
+def loopback(host):
+    """Return True if host is this machine only: 127.0.0.0/8, ::1 or the name localhost."""
+    if host.lower() == "localhost":
+        return True
+    for family, this_host in ((socket.AF_INET, None), (socket.AF_INET6, "::1")):
+        try:
+            packed = socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return packed[0] == 127 if this_host is None else packed == socket.inet_pton(
+            family, this_host)
+    return False
 
 
 def check_url(url, flag, variable, example):
@@ -1513,8 +1557,8 @@ class TokenFile(object):
         with os.fdopen(fd, "rb") as f:
             problem = not_private(os.fstat(f.fileno()))
             if problem:
-                raise ConfigError("--token-file %r %s; it holds your Netatmo login: %s"
-                                  % (self.path, problem[0], problem[1]))
+                raise ConfigError("--token-file %r %s; it holds your Netatmo login: chmod "
+                                  "600 it, or delete it and log in again" % (self.path, problem))
             raw = f.read(1024 * 1024)
         try:
             saved = json.loads(raw.decode("utf-8"))
@@ -1615,8 +1659,9 @@ class TokenFile(object):
                                 dir=os.path.dirname(self.path))
 
     def check_writable(self):
-        """Raise ConfigError unless a file can be created in the file's folder now,
-        and PATH.lock, if it is there, is a file of the running user."""
+        """Raise ConfigError unless a file can be created in the file's folder now, no
+        one else may remove files there, and PATH.lock, if it is there, is a file of the
+        running user."""
         try:
             fd, probe = self.temporary_file()
             os.close(fd)
@@ -1625,6 +1670,11 @@ class TokenFile(object):
             raise ConfigError("cannot write --token-file %r: its folder %r is missing or "
                               "not writable (%s)" % (self.path, os.path.dirname(self.path),
                                                      e.strerror or e))
+        others = shared_folder(os.path.dirname(self.path))
+        if others:
+            raise ConfigError("--token-file %r: %s may write in its folder %r, and so remove "
+                              "or replace the file and its lock; keep it in a folder of your "
+                              "own" % (self.path, others, os.path.dirname(self.path)))
         try:
             os.close(open_own_file(self.path + ".lock", os.O_RDONLY, "the lock file"))
         except FileNotFoundError:
@@ -1719,7 +1769,7 @@ def open_own_file(path, flags, what):
 
 
 def not_private(info):
-    """Return (what is wrong, what to do) if a file's owner or mode is not private.
+    """Return what is wrong if a file's mode is not private (POSIX: no group or other bits).
 
     On POSIX systems the file must not be readable by others (open_own_file saw
     that it is the running user's: root must not adopt another user's login): a
@@ -1729,7 +1779,26 @@ def not_private(info):
     if not hasattr(os, "geteuid"):
         return None
     if info.st_mode & 0o077:
-        return ("can be read by other users", "chmod 600 it, or delete it and log in again")
+        return "can be read by other users"
+    return None
+
+
+def shared_folder(folder):
+    """Return who else may remove or replace files in folder, or None (POSIX only).
+
+    A sticky folder (as /tmp) lets no one but a file's owner remove or rename it. A
+    folder its group may write is the running user's own when that group is the
+    user's primary group (user-private groups, as Debian's umask 002 makes).
+    """
+    if not hasattr(os, "geteuid"):
+        return None
+    info = os.stat(folder)
+    if info.st_mode & stat.S_ISVTX:
+        return None
+    if info.st_mode & stat.S_IWOTH:
+        return "other users"
+    if info.st_mode & stat.S_IWGRP and info.st_gid != os.getgid():
+        return "its group (%d)" % info.st_gid
     return None
 
 
@@ -3396,6 +3465,8 @@ def run_terminal(config, server, saved):
     try:
         say("open %s in a browser to log in (waiting up to %g s)" % (login_url, config.wait))
         say(config.redirect_uri_line())
+        if config.in_clear_line():
+            say(config.in_clear_line())
         if config.open_browser:
             redirect = open_browser(login_url, secret=True)
         if not server.outcome.done.wait(config.wait):
@@ -3666,6 +3737,8 @@ def main(argv=None, environ=None):
     if config.token_file:
         print("netatmo_stdlib: to save your login in %s for scripts, log in from %s"
               % (config.token_file.path, config.origin + server.login_path()), flush=True)
+    if config.in_clear_line():
+        print("netatmo_stdlib: " + config.in_clear_line(), flush=True)
     if config.open_browser:
         open_browser(url)
     try:

@@ -2,8 +2,8 @@
 
     python3 tests/demo.py                          # the web app: open http://127.0.0.1:8000/
     python3 tests/demo.py --once                   # a terminal run: open the address printed
-    python3 tests/demo.py --once --json --token-file /tmp/netatmo-demo.json
-    python3 tests/demo.py --print-token --token-file /tmp/netatmo-demo.json --no-browser
+    python3 tests/demo.py --once --json --token-file tests/output/netatmo-demo.json
+    python3 tests/demo.py --print-token --token-file tests/output/netatmo-demo.json --no-browser
 
 Any flag of netatmo_stdlib.py goes through, but --port and --fake-port, which this
 script reads (make passes DEMO_PORT and FAKE_PORT). The fake cloud runs in this

@@ -19,9 +19,8 @@ GOOD = {"NETATMO_CLIENT_ID": "an-id", "NETATMO_CLIENT_SECRET": "a-secret"}
 
 
 def clean_environment(**settings):
-    """Return os.environ without any NETATMO_*/HOST/PORT variable, plus settings."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("NETATMO_") and k not in ("HOST", "PORT")}
+    """Return os.environ without any NETATMO_* variable, plus settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NETATMO_")}
     env.update(settings)
     return env
 
@@ -84,8 +83,8 @@ class BadSettingsTest(unittest.TestCase):
     def test_bad_port(self):
         for port in ("eighty", "70000", "-1"):
             with self.subTest(port=port):
-                self.assertBadSetting(["--port", port], ["--port", "PORT"], **GOOD)
-        self.assertBadSetting([], ["PORT", "x"], PORT="x", **GOOD)
+                self.assertBadSetting(["--port", port], ["--port", "NETATMO_PORT"], **GOOD)
+        self.assertBadSetting([], ["NETATMO_PORT", "x"], NETATMO_PORT="x", **GOOD)
 
     def test_malformed_urls(self):
         for flag, value in (("--api-url", "api.netatmo.com"), ("--api-url", "ftp://x"),
@@ -160,7 +159,7 @@ class StartTest(unittest.TestCase):
         self.assertRegex(started.open_line, r"http://localhost:\d+/")
 
     def test_settings_from_the_environment(self):
-        started = Started([], PORT="0", NETATMO_REDIRECT_URI="http://box.lan:8000/authenticate",
+        started = Started([], NETATMO_PORT="0", NETATMO_REDIRECT_URI="http://box.lan:8000/authenticate",
                           **GOOD)
         started.interrupt()
         self.assertIn("is http://box.lan:8000/authenticate", started.redirect_line)

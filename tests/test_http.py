@@ -278,16 +278,17 @@ class ProxyTest(AppTestCase):
         self.addCleanup(restore)
 
     def test_calls_to_netatmo_go_through_the_proxy(self):
-        # The fake also serves as the proxy: a request for http://netatmo.invalid/...
-        # can only reach it through the proxy, since that name resolves nowhere.
+        # The fake also serves as the proxy: a request for http://127.0.0.2:9/... can
+        # only reach it through the proxy, since nothing listens there. (Plain http
+        # to another host than this one is refused at start, proxy or not.)
         os.environ["http_proxy"] = self.fake.url
         os.environ["no_proxy"] = os.environ["NO_PROXY"] = "127.0.0.1"
-        server = self.start_app(api_url="http://netatmo.invalid")
+        server = self.start_app(api_url="http://127.0.0.2:9")
         url = "http://127.0.0.1:%d" % server.server_address[1]
         browser = Browser()
         authorize = browser.get(url + "/login").location
-        self.assertTrue(authorize.startswith("http://netatmo.invalid/oauth2/authorize?"))
-        back = browser.get(authorize.replace("http://netatmo.invalid", self.fake.url),
+        self.assertTrue(authorize.startswith("http://127.0.0.2:9/oauth2/authorize?"))
+        back = browser.get(authorize.replace("http://127.0.0.2:9", self.fake.url),
                            headers={"X-Fake-Approve": "alice"}).location
         hops = browser.follow(back)
         self.assertEqual(hops[-1].status, 200)

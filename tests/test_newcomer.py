@@ -88,7 +88,9 @@ class DemoTest(unittest.TestCase):
         self.assertEqual(len(commands), 5, block)
         self.assertTrue(any("--json" in c for c in commands))
         self.assertTrue(any("--print-token" in c for c in commands))
-        paths = {word for c in commands for word in shlex.split(c) if word.startswith("/")}
+        paths = {os.path.join(ROOT, word) for c in commands for word in shlex.split(c)
+                 if word.endswith(".json")}
+        self.assertEqual(paths, {os.path.join(ROOT, "tests", "output", "netatmo-demo.json")})
         for path in paths:
             self.addCleanup(lambda p=path: os.path.exists(p) and os.remove(p))
             if os.path.exists(path):

@@ -9,13 +9,18 @@ smaller faults.
 import json
 import os
 import re
+import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import urllib.parse
+import urllib.request
 
+from tests.fake_netatmo import TLS_CERT, TLS_KEY
 from tests.support import AppTestCase, Browser, CLIENT_SECRET
+from tests.test_cli import GOOD, Started, run
 from tests.test_terminal import BrowserStub, OnceRun, TokenFileCase, redirect_target
 
 
@@ -159,3 +164,110 @@ class OpenBrowserTest(TokenFileCase):
         status, out, err = run.finish()
         self.assertEqual(status, 0, err)
         self.assertIn(self.saved()["refresh_token"], self.fake.refresh_tokens)
+
+
+class SettingsTest(TokenFileCase):
+    """4. Settings a locked-down site expects (medium)."""
+
+    def test_host_and_port_are_netatmo_host_and_netatmo_port(self):
+        # tcsh exports HOST as the machine's name: it must not move the server.
+        started = Started(["--port", "0"], HOST="0.0.0.0", PORT="1", **GOOD)
+        started.interrupt()
+        self.assertRegex(started.open_line, r"open http://127\.0\.0\.1:\d+/ in a browser")
+        started = Started([], NETATMO_HOST="127.0.0.1", NETATMO_PORT="0", **GOOD)
+        started.interrupt()
+        self.assertRegex(started.open_line, r"open http://127\.0\.0\.1:\d+/ in a browser")
+        status, _, err = run([], NETATMO_PORT="x", **GOOD)
+        self.assertEqual(status, 2)
+        self.assertIn("NETATMO_PORT", err)
+
+    def start_lines(self, args, **settings):
+        """Return what the web app prints at start."""
+        started = Started(args, **dict(GOOD, **settings))
+        url = started.open_line.split()[2]
+        with urllib.request.urlopen(url + "healthz", timeout=10, context=ssl.create_default_context(
+                cafile=TLS_CERT)) as answer:
+            self.assertEqual(answer.status, 200)  # serving: every start line is out
+        started.process.send_signal(signal.SIGINT)
+        out = started.process.stdout.read()  # with what readline() buffered
+        started.process.stderr.read()
+        started.process.wait(30)
+        return started.open_line + started.redirect_line + out
+
+    def test_plain_http_on_the_network_says_the_cookies_travel_in_clear(self):
+        said = "over plain http: the cookies travel in clear on the network"
+        for args, settings, warned in (
+                (["--port", "0"], {}, False),
+                (["--port", "0", "--host", "0.0.0.0"], {}, True),
+                (["--port", "0"], {"NETATMO_HOST": "0.0.0.0"}, True),
+                (["--port", "0", "--host", "::1"], {}, False),
+                (["--port", "0", "--host", "0.0.0.0", "--redirect-uri",
+                  "https://box.lan/authenticate"], {}, False),
+                (["--port", "0", "--host", "0.0.0.0", "--certfile", TLS_CERT, "--keyfile",
+                  TLS_KEY], {}, False)):
+            with self.subTest(args=args, settings=settings):
+                lines = self.start_lines(args, **settings)
+                self.assertEqual(said in lines, warned, lines)
+                if warned:
+                    self.assertIn("--certfile and --keyfile", lines)
+
+    def test_an_api_url_in_clear_to_another_host_is_refused(self):
+        for api_url, refused in (("http://api.example.com", True),
+                                 ("http://10.0.0.1:8001", True),
+                                 ("http://127.0.0.2:9", False), ("http://localhost:9", False),
+                                 ("http://[::1]:9", False), ("https://api.example.com", False)):
+            for proxy in ({}, {"http_proxy": "http://127.0.0.1:9"}):
+                with self.subTest(api_url=api_url, proxy=proxy):
+                    status, _, err = run(["--once", "--no-browser", "--token-file", self.path,
+                                          "--port", "0", "--api-url", api_url],
+                                         **dict(GOOD, **proxy))
+                    self.assertEqual(status, 2 if refused else 1, err)
+                    self.assertEqual("in clear" in err, refused, err)
+                    self.assertEqual(len(err.strip().splitlines()), 1, err)
+
+    def secret_file(self, content, mode):
+        path = os.path.join(os.path.dirname(self.path), "secret")
+        with open(path, "wb") as f:
+            f.write(content)
+        os.chmod(path, mode)
+        return path
+
+    def test_a_secret_file_others_can_read_is_refused_as_ssh_refuses_a_key(self):
+        for mode in (0o644, 0o640, 0o604, 0o660):
+            with self.subTest(mode=oct(mode)):
+                status, _, err = run(["--client-secret-file", self.secret_file(b"s\n", mode)],
+                                     NETATMO_CLIENT_ID="i")
+                self.assertEqual(status, 2, err)
+                self.assertIn("can be read by other users", err)
+                self.assertIn("chmod 600", err)
+        big = self.secret_file(b"s" * (64 * 1024 + 1), 0o600)
+        status, _, err = run(["--client-secret-file", big], NETATMO_CLIENT_ID="i")
+        self.assertEqual(status, 2, err)
+        self.assertIn("larger than 64 KB", err)
+        fifo = os.path.join(os.path.dirname(self.path), "fifo")
+        os.mkfifo(fifo, 0o600)
+        status, _, err = run(["--client-secret-file", fifo], NETATMO_CLIENT_ID="i")
+        self.assertEqual(status, 2, err)
+        self.assertIn("is not a regular file", err)
+        started = Started(["--port", "0", "--client-secret-file",
+                           self.secret_file(b"s" * 1000 + b"\n", 0o600)], NETATMO_CLIENT_ID="i")
+        self.assertIn("open http://", started.open_line)
+        started.interrupt()
+
+    def test_a_token_file_in_a_folder_others_may_write_is_refused(self):
+        folder = os.path.dirname(self.path)
+        cases = [(0o777, None, True), (0o1777, None, False), (0o770, None, False),
+                 (0o755, None, False)]
+        if os.geteuid() == 0:  # only root can give a folder to another group
+            cases += [(0o770, 65534, True), (0o1770, 65534, False)]
+        for mode, group, refused in cases:
+            with self.subTest(mode=oct(mode), group=group):
+                os.chown(folder, -1, os.getgid() if group is None else group)
+                os.chmod(folder, mode)
+                status, _, err = run(["--once", "--no-browser", "--token-file", self.path,
+                                      "--port", "0"], **GOOD)
+                self.assertEqual(status, 2 if refused else 1, err)  # 1: no saved login yet
+                if refused:
+                    self.assertIn("may write in its folder", err)
+                    self.assertEqual(len(err.strip().splitlines()), 1, err)
+        os.chmod(folder, 0o700)
