@@ -56,6 +56,7 @@ import io
 import json
 import logging
 import os
+import re
 import secrets
 import select
 import socket
@@ -811,13 +812,43 @@ class NetatmoClient(object):
                 log.info("netatmo %s %s -> %d in %.0f ms", method, path, status,
                          (time.time() - started) * 1000)
         try:
-            answer = json.loads(raw.decode("utf-8"))
+            answer = parsed(raw.decode("utf-8"))
         except (ValueError, RecursionError):  # RecursionError: JSON nested too deep
             raise NetatmoError("Netatmo answered %s with something that is not JSON."
                                % status, status=status)
         if status == 200:
             return answer
         raise error_from_answer(status, answer)
+
+
+SURROGATE = re.compile("[\ud800-\udfff]")
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def parsed(text):
+    """Return the JSON value of an answer of Netatmo's, every lone surrogate made U+FFFD.
+
+    json.loads lets "\\ud800" through as a lone surrogate, which no page, log or JSON
+    can encode: one in a device name failed every page. This one place, where all of
+    Netatmo's strings come in, cleans them all, keys too.
+    """
+    answer = json.loads(text)
+    if not SURROGATE_ESCAPE.search(text):  # no surrogate escape, so none to clean
+        return answer
+    if isinstance(answer, str):
+        return SURROGATE.sub("\ufffd", answer)
+    nodes = [answer] if isinstance(answer, (dict, list)) else []
+    while nodes:  # not recursive: an answer may be nested as deep as json.loads goes
+        node = nodes.pop()
+        if isinstance(node, dict):
+            for key in [k for k in node if SURROGATE.search(k)]:
+                node[SURROGATE.sub("\ufffd", key)] = node.pop(key)
+        for key, value in list(node.items() if isinstance(node, dict) else enumerate(node)):
+            if isinstance(value, str) and SURROGATE.search(value):
+                node[key] = SURROGATE.sub("\ufffd", value)
+            elif isinstance(value, (dict, list)):
+                nodes.append(value)
+    return answer
 
 
 def tokens_of(answer, requested_scopes):
@@ -2760,11 +2791,14 @@ class Handler(BaseHTTPRequestHandler):
         raise AttributeError(name)
 
     def dispatch_error(self, error):
-        """Answer with the error's page; with --once, an error that ends the run ends it."""
-        self.send_error_page(error)
-        if self.server.outcome is not None and error.exit_status is not None:
-            self.server.outcome.finish(error.exit_status, "%s. %s" % (error.title,
-                                                                      error.explanation))
+        """Answer with the error's page; with --once, an error that ends the run ends it,
+        even if its page could not be sent."""
+        try:
+            self.send_error_page(error)
+        finally:
+            if self.server.outcome is not None and error.exit_status is not None:
+                self.server.outcome.finish(error.exit_status, "%s. %s" % (
+                    error.title, error.explanation))
 
     def login_expired(self):
         """Forget the session whose refresh token Netatmo refused; return its PageError."""
@@ -2873,9 +2907,10 @@ class Handler(BaseHTTPRequestHandler):
                        tuple(headers) + (("Content-Security-Policy", CONTENT_SECURITY_POLICY),))
 
     def send_json(self, status, value, headers=()):
-        """Send a JSON document."""
-        self.send_body(status, json.dumps(value, ensure_ascii=False).encode("utf-8"),
-                       "application/json; charset=utf-8", headers)
+        """Send a JSON document: readable text, but TERMINAL_CONTROLS as \\uXXXX."""
+        self.send_body(status, json.dumps(value, ensure_ascii=False).translate(
+            JSON_ESCAPES).encode("utf-8"), "application/json; charset=utf-8",
+            headers)
 
     def send_error_page(self, error):
         """Send a PageError as a page, or as JSON to a program that asked for JSON."""
@@ -3153,15 +3188,24 @@ def tls_context(config):
 # --trace, every secret hidden; and escaped(), the one way to stderr, so that no name
 # or message from others can drive the terminal (move, retitle, OSC 52, CR).
 
-# Control characters as \\xNN, and the backslash doubled, as http.server's log writes
-# them: all below 0x20 but the tab, and 0x7F-0x9F (DEL and the C1 controls).
-CONTROL_CHARACTERS = dict((c, "\\x%02x" % c)
-                          for c in list(range(0x20)) + list(range(0x7f, 0xa0)) if c != 0x09)
+# The characters that never reach a terminal raw: the C0 controls, DEL and the C1
+# controls, which drive it (move, retitle, OSC 52, CR), and the bidi controls and the
+# line and paragraph separators, which reorder or break the line it shows.
+TERMINAL_CONTROLS = (list(range(0x20)) + list(range(0x7f, 0xa0)) + [0x200e, 0x200f]
+                     + list(range(0x202a, 0x202f)) + list(range(0x2066, 0x206a))
+                     + [0x2028, 0x2029])
+# On stderr as \\xNN up to 0xFF and \\uXXXX above, and the backslash doubled, as
+# http.server's log writes them.
+CONTROL_CHARACTERS = dict((c, ("\\x%02x" if c <= 0xff else "\\u%04x") % c)
+                          for c in TERMINAL_CONTROLS)
 CONTROL_CHARACTERS[ord("\\")] = "\\\\"
+# What /devices.json writes as \\uXXXX: json.dumps escapes the C0 controls already; a
+# script that prints a name from it must not drive a terminal with the others either.
+JSON_ESCAPES = dict((c, "\\u%04x" % c) for c in TERMINAL_CONTROLS if c >= 0x20)
 
 
 def escaped(text):
-    """Return text with every control character written as \\xNN, newlines too."""
+    """Return text with every character of TERMINAL_CONTROLS escaped, newlines too."""
     return str(text).translate(CONTROL_CHARACTERS)
 
 
@@ -3648,7 +3692,9 @@ def write_out(text):
 
 
 def printable(value):
-    """Return value without control characters, so a device name cannot drive the terminal."""
+    """Return value with "?" for each character of TERMINAL_CONTROLS, so a device name
+    cannot drive the terminal, and for any other that is not printable (it has no
+    width the table could align)."""
     return "".join(c if c.isprintable() else "?" for c in value)
 
 

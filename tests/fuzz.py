@@ -203,6 +203,9 @@ NOT_A_NUMBER = float("nan")
 ODD_VALUES = [
     None, True, False, 0, -1, 1.5, 1e308, -1e308, 10 ** 30, NOT_A_NUMBER, float("inf"),
     "", "text\x1b]0;x\x07\r\x9b", "x" * 5000, [], {}, [{}], [None], {"": []},
+    # lone surrogates, which json.loads takes from "\ud800" escapes, and C1, bidi and
+    # line-separator controls, alone and as keys
+    "\ud800", "x\udfffy\udbff", "\x85\x9b\u202e\u2066\u2028", {"\ud800": "\udc00"},
 ]
 
 

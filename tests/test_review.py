@@ -18,7 +18,7 @@ import tempfile
 import urllib.parse
 import urllib.request
 
-from tests.fake_netatmo import TLS_CERT, TLS_KEY
+from tests.fake_netatmo import TLS_CERT, TLS_KEY, hostile_account
 from tests.support import AppTestCase, Browser, CLIENT_SECRET
 from tests.test_cli import GOOD, Started, run
 from tests.test_terminal import BrowserStub, OnceRun, TokenFileCase, redirect_target
@@ -271,3 +271,88 @@ class SettingsTest(TokenFileCase):
                     self.assertIn("may write in its folder", err)
                     self.assertEqual(len(err.strip().splitlines()), 1, err)
         os.chmod(folder, 0o700)
+
+
+# What never reaches a terminal raw (TERMINAL_CONTROLS): C0, DEL, C1, the bidi controls
+# and the line and paragraph separators.
+NEVER_RAW = "".join(map(chr, list(range(0x20)) + list(range(0x7f, 0xa0)) + [0x200e, 0x200f]
+                        + list(range(0x202a, 0x202f)) + list(range(0x2066, 0x206a))
+                        + [0x2028, 0x2029]))
+LONE = "\ud800 and \udfff"  # json.loads takes both from "\ud800" escapes
+
+
+def strange_account(text):
+    """Return an account whose every device, room and home name carries text, and whose
+    home's gateway does not answer (its name is then in a problem line)."""
+    account = hostile_account()
+    home = account["/api/homesdata"]["homes"][0]
+    home["name"] = "Home " + text
+    for module in home["modules"]:
+        module["name"] = "Name " + text
+    for room in home["rooms"]:
+        room["name"] = "Room " + text
+    return account
+
+
+class NetatmoStringsTest(TokenFileCase):
+    """5. Any string from Netatmo is safe to show (low-medium)."""
+
+    def setUp(self):
+        TokenFileCase.setUp(self)
+        self.fake.users["sam"] = strange_account(LONE)
+        self.fake.users["tom"] = strange_account(NEVER_RAW + "é温")
+
+    def test_a_lone_surrogate_in_a_name_or_a_message_is_shown_as_a_replacement(self):
+        browser, hops = self.login("sam")
+        self.assertIn("Name \ufffd and \ufffd", hops[-1].text)
+        answer = browser.get(self.url + "/devices.json")
+        self.assertEqual(answer.status, 200)
+        self.assertIn("Name \ufffd and \ufffd", answer.text)
+        for endpoint in ("/api/homesdata", "/api/getstationsdata", "/api/gethomecoachsdata"):
+            self.fake.fail(endpoint, ("status", 500, {"error": {"code": 0, "message": LONE}}),
+                           times=2)
+        for path in ("/devices", "/devices.json"):  # every line fails: the failure's page
+            answer = browser.get(self.url + path)
+            self.assertEqual(answer.status, 502, answer.text[:300])
+            self.assertIn("\ufffd and \ufffd", answer.text)
+        self.assertNoTraceback()
+
+    def test_once_when_the_token_endpoints_message_holds_one(self):
+        self.fake.fail("/oauth2/token", ("status", 500, {"error": {"code": 0,
+                                                                    "message": LONE}}))
+        run = OnceRun(self, "--wait", "60")
+        Browser().follow(run.wait_for_login_url(), approve_as="alice")
+        status, out, err = run.finish()
+        self.assertEqual((status, out), (4, ""), err)  # not 3, after --wait
+        self.assertIn("\ufffd and \ufffd", err)
+        self.assertNotIn("Traceback", err)
+
+    def test_devices_json_writes_the_terminal_controls_escaped_and_keeps_text_readable(self):
+        browser, _ = self.login("tom")
+        raw = browser.get(self.url + "/devices.json").body.decode("utf-8")
+        for c in NEVER_RAW:
+            self.assertNotIn(c, raw, hex(ord(c)))
+        self.assertIn("\\u009b\\u009c", raw)
+        self.assertIn("\\u202e", raw)
+        self.assertIn("\\u2028\\u2029", raw)
+        self.assertIn("é温", raw)  # other text stays readable
+        names = {d["name"] for d in json.loads(raw)["devices"]}
+        self.assertIn("Name " + NEVER_RAW + "é温", names)  # the same text, for a program
+
+    def test_none_of_them_reaches_a_terminal_raw(self):
+        self.fake.fail("/api/getstationsdata", ("status", 500, {"error": {
+            "code": 0, "message": "Mongo" + NEVER_RAW}}))
+        run = OnceRun(self, "--trace")
+        Browser().follow(run.wait_for_login_url(), approve_as="tom")
+        status, out, err = run.finish()
+        self.assertEqual(status, 5, err)  # a partial list: the stations failed
+        self.assertIn("Name ?", out)  # the table
+        self.assertIn("Home ?", out)  # the problem line of the home that does not answer
+        self.assertIn("Mongo\\x00\\x01", err)  # the failed line, on stderr
+        self.assertIn("\\x9f\\u200e\\u200f\\u202a", err)
+        self.assertIn("\\u2069\\u2028\\u2029", err)
+        for text, where in ((out, "stdout"), (err, "stderr")):
+            for c in NEVER_RAW:
+                if c == "\n":  # the newline that ends a line
+                    continue
+                self.assertNotIn(c, text, "%s reached %s raw" % (hex(ord(c)), where))
