@@ -1528,7 +1528,9 @@ def done_before(server, request):
     request.expire_cookie(server.config.done_cookie_name)
     _, session = logged_in(server, request)
     renewed = done[len("renewed-"):] if done.startswith("renewed-") else ""
-    if digits(renewed) and session is not None:
+    # A time of the last day, as the button set it; any other cookie is ignored.
+    if digits(renewed) and len(renewed) <= 12 and abs(time.time() - int(renewed)) <= 86400 \
+            and session is not None:
         expires = session.tokens.expires_at
         return "Renewed at %s; valid until %s." % (clock(int(renewed)), clock(expires)
                                                     if expires else "an unknown time")
@@ -1609,8 +1611,11 @@ class TokenFile(object):
         if not isinstance(saved, dict) or not set(self.fields) <= set(saved):
             return False
         expires_at = saved["expires_at"]
+        # Tokens as Netatmo's answers must be: one with a newline or an ESC in it would
+        # reach a header, the log and a terminal.
         return (isinstance(saved["access_token"], str)
-                and isinstance(saved["refresh_token"], str)
+                and isinstance(saved["refresh_token"], str) and (not saved["refresh_token"] or (
+                    token_like(saved["access_token"]) and token_like(saved["refresh_token"])))
                 and (expires_at is None or type(expires_at) in (int, float)
                      and abs(expires_at) < 1e12)  # NaN and infinities fail too
                 and isinstance(saved["scope"], list)

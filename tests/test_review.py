@@ -6,6 +6,8 @@ locked-down site expects; any string from Netatmo is safe to show; and the revie
 smaller faults.
 """
 
+import html.parser
+import http.client
 import json
 import os
 import re
@@ -15,11 +17,12 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.parse
 import urllib.request
 
 from tests.fake_netatmo import TLS_CERT, TLS_KEY, hostile_account
-from tests.support import AppTestCase, Browser, CLIENT_SECRET
+from tests.support import AppTestCase, Browser, CLIENT_SECRET, Response
 from tests.test_cli import GOOD, Started, run
 from tests.test_terminal import BrowserStub, OnceRun, TokenFileCase, redirect_target
 
@@ -57,6 +60,15 @@ class RawConnection(object):
         return self.exchange(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n" % (
             target.encode(), self.port, b"Cookie: %s\r\n" % cookie.encode() if cookie
             else b""))
+
+
+def raw_response(port, data):
+    """Send data on a new connection; return the http.client answer, read."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(data)
+    answer = http.client.HTTPResponse(sock)
+    answer.begin()
+    return answer
 
 
 def set_cookies(headers):
@@ -356,3 +368,92 @@ class NetatmoStringsTest(TokenFileCase):
                 if c == "\n":  # the newline that ends a line
                     continue
                 self.assertNotIn(c, text, "%s reached %s raw" % (hex(ord(c)), where))
+
+
+class BlocksInParagraphs(html.parser.HTMLParser):
+    """Finds block elements opened inside a <p>, which HTML forbids."""
+
+    BLOCKS = ("form", "div", "table", "p", "ul", "ol", "h1", "h2", "pre")
+
+    def __init__(self):
+        html.parser.HTMLParser.__init__(self)
+        self.open = []
+        self.found = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.BLOCKS and "p" in self.open:
+            self.found.append("<%s> inside <p>" % tag)
+        if tag not in ("meta", "br", "input"):
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in self.open:
+            del self.open[len(self.open) - 1 - self.open[::-1].index(tag):]
+
+
+class ReviewRestTest(TokenFileCase):
+    """6. The rest of the review."""
+
+    def test_a_done_cookie_of_any_size_or_time_is_ignored(self):
+        browser, _ = self.login("alice")
+        now = int(time.time())
+        for value, said in (("renewed-99999999999999999999", False),
+                            ("renewed-" + "9" * 5000, False),
+                            ("renewed-%d" % (now - 2 * 86400), False),
+                            ("renewed-%d" % (now + 2 * 86400), False),
+                            ("renewed-000%d" % now, False),  # 12 digits at most
+                            ("renewed-%d" % now, True)):
+            with self.subTest(value=value[:30]):
+                browser.cookies["127.0.0.1"]["netatmo_done"] = value
+                for path in ("/", "/devices"):
+                    page = browser.get(self.url + path)
+                    self.assertEqual(page.status, 200)
+                    self.assertEqual("Renewed at" in page.text, said and path == "/")
+        self.assertNoTraceback()
+
+    def test_tokens_from_the_token_file_are_checked_and_never_echoed(self):
+        good = {"access_token": "a" * 20, "refresh_token": "r" * 20,
+                "expires_at": time.time() + 3600, "scope": ["read_station"]}
+        for field, token in (("access_token", "MARK1234\n"), ("access_token", "MARK\x1b]0;x"),
+                             ("refresh_token", "MARK with space"), ("access_token", "")):
+            for mode in ("--print-token", "--once"):
+                with self.subTest(field=field, token=token, mode=mode):
+                    with open(self.path, "w") as f:
+                        json.dump(dict(good, **{field: token}), f)
+                    os.chmod(self.path, 0o600)
+                    status, out, err = OnceRun(self, "--token-file", self.path, "--no-browser",
+                                               mode=mode).finish()
+                    self.assertEqual((status, out), (2, ""), err)
+                    self.assertIn("is not a token file of this program (or it is corrupt)", err)
+                    self.assertIn(self.path, err)
+                    self.assertEqual(len(err.strip().splitlines()), 1, err)
+                    self.assertNotIn("MARK", err)
+        self.assertEqual(self.fake.requests, [])
+
+    def test_no_page_puts_a_block_element_inside_a_paragraph(self):
+        server = self.start_app(token_file=self.path)
+        url = "http://127.0.0.1:%d" % server.server_address[1]
+        owner, stranger, refused = Browser(), Browser(), Browser()
+        owner.follow(url + server.login_path(), approve_as="bob")
+        owner.get(url + "/")
+        owner.post(url + "/refresh", headers={"Origin": url})
+        owner.get(url + "/devices")
+        for path in ("/", "/nowhere", "/devices", "/authenticate?code=x&state=y",
+                     "/authenticate?error=access_denied"):
+            stranger.get(url + path)
+        stranger.request("PUT", url + "/devices")
+        refused.follow(url + "/login", approve_as="deny")
+        self.fake.refuse_without_state = True
+        refused.follow(url + "/login", approve_as="deny")
+        refused.post(url + "/authenticate", headers={"Origin": url})
+        refused.follow(url + server.login_path(), approve_as="deny")
+        pages = [r for b in (owner, stranger, refused) for r in b.history
+                 if r.headers.get("Content-Type", "").startswith("text/html")]
+        pages.append(Response(raw_response(server.server_address[1], b"GET / HTTP/2.0\r\n\r\n"),
+                              "505"))
+        self.assertGreaterEqual(len(pages), 15)
+        for page in pages:
+            with self.subTest(url=page.url, status=page.status):
+                checker = BlocksInParagraphs()
+                checker.feed(page.text)
+                self.assertEqual(checker.found, [])
