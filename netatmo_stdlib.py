@@ -1062,7 +1062,7 @@ class LoginExpired(Exception):
 class Session(object):
     """A logged-in browser: its tokens, its cached device list, and their locks."""
     __slots__ = ("tokens", "last_seen", "lock", "device_list", "fetch_lock", "token_file",
-                 "not_kept", "home_ids")
+                 "not_kept", "home_ids", "busy")
 
     # Refresh this many seconds before the access token runs out.
     refresh_margin = 60
@@ -1076,6 +1076,7 @@ class Session(object):
         self.token_file = None   # --token-file, when this session's pair is the file's
         self.not_kept = None     # why the file lost this session's pair, if it did
         self.home_ids = []       # the homes with modules that homesdata named last
+        self.busy = None         # (tokens, when, NotKept): the file's lock was not had
 
     def devices(self, fetch, max_age):
         """Return the cached DeviceList if younger than max_age seconds, else fetch().
@@ -1113,13 +1114,22 @@ class Session(object):
         second one with the same refresh token logs the person out. So one thread
         refreshes under the lock; the others wait for it and use its result. A thread
         that names the access token it found stale gets the new one if a refresh
-        already happened since.
+        already happened since. One that waited while another could not have the
+        token file's lock for these tokens gets the same answer at once: a page waits
+        for the lock once, not once per call.
         """
+        asked = time.time()
         with self.lock:
             tokens = self.tokens
             if stale_access_token is not None and tokens.access_token != stale_access_token:
                 return tokens.access_token
-            self.tokens = self.renew(client, tokens)
+            if self.busy is not None and self.busy[0] is tokens and self.busy[1] >= asked:
+                raise self.busy[2]
+            try:
+                self.tokens = self.renew(client, tokens)
+            except NotKept as e:
+                self.busy = (tokens, time.time(), e)
+                raise
             return self.tokens.access_token
 
     def renew(self, client, tokens):
@@ -1747,6 +1757,9 @@ class FileLock(object):
             raise NotKept(str(e) if isinstance(e, ConfigError) else "cannot open the lock "
                           "file %r: %s" % (self.path, e.strerror or e))
         deadline = time.time() + self.wait
+        if not self.try_lock():  # said once, when the wait starts
+            log.warning("waiting up to %g s for another program that holds %s", self.wait,
+                        self.path)
         while not self.try_lock():
             if time.time() > deadline:
                 os.close(self.fd)

@@ -549,6 +549,9 @@ MUTATIONS = [
     ("the refusal page puts its form inside a <p>",
      'return page(error.title, "<p>%s</p>\\n<div>%s%s</div>" % (',
      'return page(error.title, "<p>%s</p>\\n<p>%s%s</p>" % (', [REVIEW + "ReviewRestTest"]),
+    ("a page waits for a busy lock once per call (3 x 60 s)",
+     'if self.busy is not None and self.busy[0] is tokens and self.busy[1] >= asked:',
+     'if False:', [REVIEW + "ReviewRestTest"]),
     # -- HTTPS serving --
     ("plain HTTP to the https port gets no answer",
      'request.sendall(plain_http_answer(self.config.origin + "/"))', 'pass',

@@ -21,6 +21,7 @@ import time
 import urllib.parse
 import urllib.request
 
+import netatmo_stdlib
 from tests.fake_netatmo import TLS_CERT, TLS_KEY, hostile_account
 from tests.support import AppTestCase, Browser, CLIENT_SECRET, Response
 from tests.test_cli import GOOD, Started, run
@@ -457,3 +458,23 @@ class ReviewRestTest(TokenFileCase):
                 checker = BlocksInParagraphs()
                 checker.feed(page.text)
                 self.assertEqual(checker.found, [])
+
+    def test_a_page_waits_for_a_busy_lock_once_not_once_per_call(self):
+        server = self.start_app(token_file=self.path)
+        server.config.token_file.lock_wait = 1.0
+        url = "http://127.0.0.1:%d" % server.server_address[1]
+        browser = Browser()
+        self.assertEqual(browser.follow(url + server.login_path(), approve_as="alice")[-1]
+                         .status, 200)  # the owner's login: its session shares the file
+        self.fake.expire_access_tokens()  # every call of the page is refused: code 3
+        with netatmo_stdlib.FileLock(self.path + ".lock", 1):  # another program's
+            started = time.time()
+            page = browser.get(url + "/devices")
+            took = time.time() - started
+        self.assertEqual(page.status, 503)
+        self.assertIn("Another program is renewing this login", page.text)
+        self.assertEqual(self.log.text().count("waiting up to 1 s for another program that "
+                                               "holds %s.lock" % self.path), 1)
+        self.assertLess(took, 1.9)  # 4 calls: 4 s when each waited
+        self.assertEqual(self.fake.token_requests("refresh_token"), [])
+        self.assertEqual(browser.get(url + "/devices").status, 200)  # the next page tries
