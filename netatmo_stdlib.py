@@ -1427,14 +1427,21 @@ def error_name(error):
 # The routes beside the flow act on them.
 
 class SessionStore(object):
-    """Logged-in sessions, keyed by random cookie values, under one lock."""
+    """Logged-in sessions, keyed by random cookie values, under one lock.
+
+    Bounded: at most max_sessions, the least recently used dropped first, and a
+    session's cached device list (70 KB for alice's 73 devices) is dropped once it is
+    older than --cache-seconds, when it could no longer be shown anyway.
+    """
 
     session_ttl = 24 * 60 * 60   # a session unused for this long is forgotten
+    max_sessions = 10000         # past this, the least recently used session is dropped
 
-    def __init__(self, clock=time.time):
+    def __init__(self, cache_seconds=30.0, clock=time.time):
         self.clock = clock
+        self.cache_seconds = cache_seconds
         self.lock = threading.Lock()
-        self.sessions = {}
+        self.sessions = OrderedDict()  # sid -> Session, the least recently used first
         self.next_sweep = 0
 
     def create(self, tokens):
@@ -1444,6 +1451,8 @@ class SessionStore(object):
         sid = secrets.token_urlsafe(32)
         with self.lock:
             self.sessions[sid] = session
+            while len(self.sessions) > self.max_sessions:
+                self.sessions.popitem(last=False)
             self.sweep(now)
         return sid, session
 
@@ -1458,6 +1467,8 @@ class SessionStore(object):
                 del self.sessions[sid]
                 return None
             session.last_seen = now
+            self.sessions.move_to_end(sid)
+            self.sweep(now)
             return session
 
     def delete(self, sid):
@@ -1466,13 +1477,17 @@ class SessionStore(object):
             self.sessions.pop(sid, None)
 
     def sweep(self, now):
-        """Drop expired sessions, at most once a minute; the caller holds the lock."""
+        """Drop expired sessions and stale device lists, at most once a minute (or once
+        per --cache-seconds, if shorter); the caller holds the lock."""
         if now < self.next_sweep:
             return
-        self.next_sweep = now + 60
-        for sid in [s for s, x in self.sessions.items()
-                    if now - x.last_seen > self.session_ttl]:
-            del self.sessions[sid]
+        self.next_sweep = now + min(60, max(1, self.cache_seconds))
+        for sid, session in list(self.sessions.items()):
+            if now - session.last_seen > self.session_ttl:
+                del self.sessions[sid]
+            elif session.device_list and now - session.device_list.fetched_at >= \
+                    self.cache_seconds:
+                session.device_list = None
 
 
 def logged_in(server, request):
@@ -3016,7 +3031,7 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
             if default:
                 config.redirect_uri = config.default_redirect_uri()
         self.config = config
-        self.sessions = SessionStore()
+        self.sessions = SessionStore(config.cache_seconds)
         self.logins = Logins()
         self.outcome = Outcome() if config.terminal else None
         self.tls = tls_context(config) if config.certfile else None

@@ -559,15 +559,52 @@ def bench_memory_per_session(fake):
         app.stop()
 
 
-def main():
-    """Run every row and print the table; return 1 if anything failed."""
+def bench_sessions_with_pages(fake):
+    app = App(fake, cache_seconds=2)
+    try:
+        warm = Client()
+        warm.login(app, "alice", to_devices=True)
+        before = app.rss()
+        batches, size, threads = 4, 150, 4
+
+        def run():
+            for _ in range(size // threads):
+                client = Client()
+                client.login(app, "alice", to_devices=True)
+                client.close()
+        for _ in range(batches):  # each batch's lists outlive the cache before the next
+            workers = [threading.Thread(target=run) for _ in range(threads)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            time.sleep(3)  # past --cache-seconds and the sweep that follows it
+        warm.close()
+        warm.connections = {}  # its kept connection was closed while idle
+        warm.request("GET", app.url + "/")  # a request: the sweep runs
+        count = batches * size
+        growth_kb = (app.rss() - before) * 1024
+        row("sessions with a page", "RSS growth over %d logins in %d batches 3 s apart, each "
+            "login with a page of alice's 73 devices, --cache-seconds 2 / %d"
+            % (count, batches, count), "%.1f KB per session (%.1f MB in all)"
+            % (growth_kb / count, growth_kb / 1024), "report", None)
+    finally:
+        app.stop()
+
+
+def main(argv):
+    """Run every row (or those whose name has a word of argv); print the table; return 1
+    if anything failed."""
     fake = Fake()
     print("netatmo_stdlib benchmark, Python %s, %d cores" % (sys.version.split()[0],
                                                            os.cpu_count()), flush=True)
     try:
         for bench in (bench_start, bench_page_latency, bench_big_account, bench_cached_page,
                       bench_throughput, bench_keep_alive, bench_netatmo_connections,
-                      bench_far_netatmo, bench_login, bench_memory_per_session):
+                      bench_far_netatmo, bench_login, bench_memory_per_session,
+                      bench_sessions_with_pages):
+            if argv and not any(word in bench.__name__ for word in argv):
+                continue
             bench(*([] if bench is bench_start else [fake]))
     except Exception as error:
         print("bench: FAILED: %s: %s" % (type(error).__name__, error))
@@ -584,4 +621,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

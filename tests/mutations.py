@@ -552,6 +552,13 @@ MUTATIONS = [
     ("a page waits for a busy lock once per call (3 x 60 s)",
      'if self.busy is not None and self.busy[0] is tokens and self.busy[1] >= asked:',
      'if False:', [REVIEW + "ReviewRestTest"]),
+    ("sessions are not capped", 'while len(self.sessions) > self.max_sessions:',
+     'while False:', [REVIEW + "ReviewRestTest"]),
+    ("the cap drops the oldest session, not the least recently used",
+     '            self.sessions.move_to_end(sid)', '            pass', [REVIEW + "ReviewRestTest"]),
+    ("a session keeps its device list for 24 hours",
+     '                    self.cache_seconds:\n                session.device_list = None',
+     '                    self.cache_seconds:\n                pass', [REVIEW + "ReviewRestTest"]),
     # -- HTTPS serving --
     ("plain HTTP to the https port gets no answer",
      'request.sendall(plain_http_answer(self.config.origin + "/"))', 'pass',

@@ -478,3 +478,30 @@ class ReviewRestTest(TokenFileCase):
         self.assertLess(took, 1.9)  # 4 calls: 4 s when each waited
         self.assertEqual(self.fake.token_requests("refresh_token"), [])
         self.assertEqual(browser.get(url + "/devices").status, 200)  # the next page tries
+
+    def test_sessions_are_capped_the_least_recently_used_dropped_first(self):
+        self.server.sessions.max_sessions = 5
+        browsers = [self.login("carol")[0] for _ in range(5)]
+        self.assertEqual(browsers[0].get(self.url + "/devices.json").status, 200)  # used now
+        browsers += [self.login("carol")[0] for _ in range(2)]
+        statuses = [b.get(self.url + "/devices.json").status for b in browsers]
+        self.assertEqual(statuses, [200, 401, 401, 200, 200, 200, 200])
+        self.assertEqual(len(self.server.sessions.sessions), 5)
+
+    def test_a_device_list_older_than_the_cache_is_dropped(self):
+        server = self.start_app(cache_seconds=30)
+        url = "http://127.0.0.1:%d" % server.server_address[1]
+        clock = [time.time()]
+        server.sessions.clock = lambda: clock[0]
+        browser = Browser()
+        self.assertEqual(browser.follow(url + "/login", approve_as="alice")[-1].status, 200)
+        [session] = server.sessions.sessions.values()
+        self.assertEqual(len(session.device_list.devices), 73)  # kept for the cache
+        clock[0] += 29
+        self.assertEqual(browser.get(url + "/devices.json").status, 200)
+        self.assertIsNotNone(session.device_list)
+        clock[0] += 61  # older than --cache-seconds, at the next sweep
+        self.assertEqual(Browser().get(url + "/healthz").status, 200)
+        self.assertEqual(browser.get(url + "/").status, 200)  # a request of any session
+        self.assertIsNone(session.device_list)
+        self.assertEqual(len(browser.get(url + "/devices.json").json()["devices"]), 73)
