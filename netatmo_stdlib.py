@@ -48,6 +48,7 @@ Part 2, what makes it hold
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import hmac
 import html
@@ -158,7 +159,9 @@ def authenticate(server, request):
     if not first_use:
         raise stale_link()
     verifier = logins.code_verifier(nonce) if config.pkce else None
-    with server.trace.block("d") as told:  # the POST, then the session cookie: one block
+    # The POST, then the session cookie: one block; no POST for an address whose codes
+    # Netatmo refused too often (the client secret goes with each).
+    with server.trace.block("d") as told, server.exchanges.guard(request):
         sid, session = start_session(server, request,
                                      exchange_code(server, code, verifier, told), told)
     not_kept = server.keep_tokens(session) if owner else None  # the owner's login only
@@ -1400,6 +1403,51 @@ def stale_link():
                        "10 minutes), or it was started in another browser or tab, or "
                        "before this program restarted. Start a new login.",
                        error="invalid_state", exit_status=None)
+
+
+class Exchanges(object):
+    """The code exchanges Netatmo refused, by client address, over the last minute.
+
+    Anyone who reaches this server can make it POST to Netatmo's token endpoint with
+    the client secret: /login, then /authenticate?code=x. Past max_refused refusals
+    from one address within `window` seconds, that address gets 429, and no POST,
+    until the oldest of them is that old.
+    """
+
+    max_refused = 10      # refused code exchanges per address per window
+    window = 60.0         # seconds
+    max_addresses = 10000  # addresses remembered; past that the oldest are dropped
+
+    def __init__(self, clock=time.time):
+        self.clock = clock
+        self.refused = OrderedDict()  # address -> times of its refusals, oldest first
+        self.lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def guard(self, request):
+        """Refuse the block with 429 if this address is over the limit; count a refusal."""
+        address = request.client_address[0]
+        now = self.clock()
+        with self.lock:
+            times = [t for t in self.refused.pop(address, ()) if now - t < self.window]
+            if times:
+                self.refused[address] = times
+        if len(times) >= self.max_refused:
+            raise PageError(429, "Too many refused logins from your address",
+                            "Netatmo refused %d login codes from your address within a "
+                            "minute, so this program sends no more for now. Start a new "
+                            "login in a minute. (A program on your machine or network may "
+                            "be sending them.)" % len(times), error="rate_limited",
+                            headers=(("Retry-After", "%d" % (times[0] + self.window - now + 1)),))
+        try:
+            yield
+        except NetatmoError as e:
+            if e.status is not None and 400 <= e.status < 500:  # refused, not failed
+                with self.lock:
+                    self.refused.setdefault(address, []).append(self.clock())
+                    while len(self.refused) > self.max_addresses:
+                        self.refused.popitem(last=False)
+            raise
 
 
 def cancel_login(server, request):
@@ -3033,6 +3081,7 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
         self.config = config
         self.sessions = SessionStore(config.cache_seconds)
         self.logins = Logins()
+        self.exchanges = Exchanges()
         self.outcome = Outcome() if config.terminal else None
         self.tls = tls_context(config) if config.certfile else None
         self.token_lock = threading.Lock()

@@ -559,6 +559,9 @@ MUTATIONS = [
     ("a session keeps its device list for 24 hours",
      '                    self.cache_seconds:\n                session.device_list = None',
      '                    self.cache_seconds:\n                pass', [REVIEW + "ReviewRestTest"]),
+    ("anyone who connects makes the server POST codes with the client secret, unbounded",
+     '        if len(times) >= self.max_refused:', '        if False:',
+     [REVIEW + "CodeFloodTest"]),
     # -- HTTPS serving --
     ("plain HTTP to the https port gets no answer",
      'request.sendall(plain_http_answer(self.config.origin + "/"))', 'pass',

@@ -24,6 +24,7 @@ import urllib.request
 import netatmo_stdlib
 from tests.fake_netatmo import TLS_CERT, TLS_KEY, hostile_account
 from tests.support import AppTestCase, Browser, CLIENT_SECRET, Response
+from tests.test_bad_days import query_of
 from tests.test_cli import GOOD, Started, run
 from tests.test_terminal import BrowserStub, OnceRun, TokenFileCase, redirect_target
 
@@ -505,3 +506,51 @@ class ReviewRestTest(TokenFileCase):
         self.assertEqual(browser.get(url + "/").status, 200)  # a request of any session
         self.assertIsNone(session.device_list)
         self.assertEqual(len(browser.get(url + "/devices.json").json()["devices"]), 73)
+
+
+def flood_of_codes(url, count, address="127.0.0.1"):
+    """Send count pairs of /login and /authenticate?code=x with its state, from address;
+    return the statuses of the callbacks, and the last one's (Retry-After, page)."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10,
+                                            source_address=(address, 0))
+    statuses, last = [], None
+    try:
+        for _ in range(count):
+            connection.request("GET", "/login")
+            answer = connection.getresponse()
+            answer.read()
+            cookie = answer.getheader("Set-Cookie").split(";", 1)[0]
+            state = query_of(answer.getheader("Location"))["state"]
+            connection.request("GET", "/authenticate?code=x&state=" + state,
+                               headers={"Cookie": cookie})
+            answer = connection.getresponse()
+            last = answer.getheader("Retry-After"), answer.read().decode("utf-8")
+            statuses.append(answer.status)
+    finally:
+        connection.close()
+    return statuses, last
+
+
+class CodeFloodTest(AppTestCase):
+    """6. No flood of token POSTs, with the client secret, for anyone who can connect."""
+
+    def test_ten_refused_codes_a_minute_from_one_address_then_429_without_a_post(self):
+        started = time.time()
+        statuses, (retry_after, page) = flood_of_codes(self.url, 200)
+        took = time.time() - started
+        posts = len(self.fake.token_requests("authorization_code"))
+        print("\ncode flood: 200 pairs of /login and /authenticate?code=x in %.1f s: %d POSTs "
+              "to the token endpoint, %d answered 429" % (took, posts, statuses.count(429)))
+        self.assertEqual(statuses, [400] * 10 + [429] * 190)
+        self.assertEqual(posts, 10)
+        self.assertTrue(1 <= int(retry_after) <= 61, retry_after)
+        self.assertIn("Too many refused logins from your address", page)
+        # Another address is not held up: its login works.
+        statuses, _ = flood_of_codes(self.url, 1, "127.0.0.2")
+        self.assertEqual(statuses, [400])
+        self.assertEqual(len(self.fake.token_requests("authorization_code")), 11)
+        # A minute later the address may try again.
+        self.server.exchanges.clock = lambda: time.time() + 61
+        self.assertEqual(flood_of_codes(self.url, 1)[0], [400])
+        self.assertEqual(len(self.fake.token_requests("authorization_code")), 12)
