@@ -108,7 +108,8 @@ def login(server, request):
     config, logins = server.config, server.logins
     owner = may_start_login(server, request)  # the printed address, on the right host
     cookie, nonce = logins.start(owner)  # (a) a new login: a nonce and its time, signed
-    request.set_cookie(config.login_cookie_name, cookie, "/authenticate", logins.ttl)  # (a)
+    request.set_cookie(config.login_cookie_name, cookie, config.login_cookie_path,  # (a)
+                       logins.ttl)
     state = logins.state(nonce)
     verifier = logins.code_verifier(nonce) if config.pkce else None
     challenge = code_challenge(verifier) if verifier else None
@@ -207,7 +208,7 @@ def start_session(server, request, tokens, told):
         server.sessions.delete(old)
     sid, session = server.sessions.create(tokens)
     request.set_cookie(config.cookie_name, sid)  # (d) the browser gets the session id only
-    request.expire_cookie(config.login_cookie_name, "/authenticate")  # this login is over
+    request.expire_cookie(config.login_cookie_name, config.login_cookie_path)  # login over
     told.session_started(config, sid)
     return sid, session
 
@@ -392,12 +393,18 @@ class Config(object):
 
     @property
     def login_cookie_name(self):
-        """Return the login cookie's name: with the __Secure- prefix over https.
+        """Return the login cookie's name: with the __Host- prefix over https.
 
-        Its Path is /authenticate, which __Host- does not allow; __Secure- still
-        keeps a page served over plain http, on any port, from setting one.
+        __Secure- would let a sibling subdomain plant one with Domain= (login CSRF);
+        __Host- forbids Domain and wants Path=/, so over https its Path is /.
         """
-        return ("__Secure-" if self.secure_cookies else "") + LOGIN_COOKIE_NAME
+        return ("__Host-" if self.secure_cookies else "") + LOGIN_COOKIE_NAME
+
+    @property
+    def login_cookie_path(self):
+        """Return the login cookie's Path: / over https (__Host- wants it), else
+        /authenticate, the one page that reads it."""
+        return "/" if self.secure_cookies else "/authenticate"
 
 
 def origin_of(url):
@@ -1376,7 +1383,7 @@ def refusal(server, request, nonce, owner, problem, state, matches):
                          "another site. If it was your answer, cancel this login; if not, "
                          "try again.", again, "Try again", error="unconfirmed_refusal",
                          form=("/authenticate", "Cancel this login"))
-    request.expire_cookie(server.config.login_cookie_name, "/authenticate")
+    request.expire_cookie(server.config.login_cookie_name, server.config.login_cookie_path)
     return PageError(status, title, explanation, again, "Try again" if status == 403
                      else "Log in again", error="access_denied" if status == 403
                      else "authorize_error", exit_status=exit_status)
@@ -1458,7 +1465,7 @@ def cancel_login(server, request):
         raise login_again(400, "There is no login to cancel",
                           "This browser has no login in progress here (%s)." % (
                               problem or "it was used already"), exit_status=None)
-    request.expire_cookie(server.config.login_cookie_name, "/authenticate")
+    request.expire_cookie(server.config.login_cookie_name, server.config.login_cookie_path)
     raise PageError(200, "Login cancelled", "This login is over; nothing was sent to "
                     "Netatmo.", "/", "Back to the start", error="cancelled",
                     exit_status=Exit.LOGIN_FAILED)
@@ -2906,7 +2913,7 @@ class Handler(BaseHTTPRequestHandler):
         sends first, and the person would see that program's account. So two mean
         none, and the answer expires both: at Path=/ and at this path, where a
         planted one with a longer Path would live. (Over https the cookies' __Host-
-        and __Secure- prefixes make such a cookie impossible in the first place.)
+        prefix makes such a cookie impossible in the first place.)
         """
         values = self.cookie_values(name)
         if len(values) > 1:
@@ -3362,7 +3369,8 @@ class Trace(object):
         self.step("a", [
             "GET /login from %s" % request.client_address[0],
             "-> Set-Cookie: %s=<a random nonce and its time, signed with HMAC-SHA256: %s>; "
-            "Path=/authenticate; Max-Age=600" % (config.login_cookie_name, hidden(cookie))],
+            "Path=%s; Max-Age=600" % (config.login_cookie_name, hidden(cookie),
+                                      config.login_cookie_path)],
             "the login's state and PKCE verifier are derived from the nonce under a key "
             "only this run knows: the server keeps nothing for a login in progress")
         self.step("b", [

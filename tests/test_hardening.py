@@ -434,8 +434,11 @@ class CookieTossingTest(AppTestCase):
         response = browser.get(url + "/login", headers=host)
         self.assertEqual(response.headers["Strict-Transport-Security"], "max-age=31536000")
         login = [a.strip() for a in response.headers["Set-Cookie"].split(";")]
-        self.assertTrue(login[0].startswith("__Secure-netatmo_login="), login)
+        # __Host-, not __Secure-: a sibling subdomain cannot plant it (issue 24).
+        self.assertTrue(login[0].startswith("__Host-netatmo_login="), login)
         self.assertIn("Secure", login)
+        self.assertIn("Path=/", login)
+        self.assertFalse([a for a in login if a.lower().startswith("domain")])
         back = browser.get(response.location, headers={"X-Fake-Approve": "alice"}).location
         response = browser.get(back.replace("https://netatmo.example.org", url), headers=host)
         self.assertEqual(response.status, 303)
