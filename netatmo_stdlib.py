@@ -933,6 +933,7 @@ class KeptAliveConnections(object):
         self.idle = {}  # (connection class, host, tunnelled host) -> [(connection, since)]
         self.lock = threading.Lock()
         self.tls = None  # the TLS context, made by the first https call
+        self.deadlines = Deadlines()
 
     def add_parent(self, opener):
         """Be told the opener we serve (urllib's handler protocol)."""
@@ -969,29 +970,42 @@ class KeptAliveConnections(object):
         tunnel_headers = {}
         if tunnel and "Proxy-Authorization" in headers:  # for the proxy, not for Netatmo
             tunnel_headers["Proxy-Authorization"] = headers.pop("Proxy-Authorization")
+        deadline = time.time() + request.timeout  # --timeout, for the whole call
         connection = self.take(key) if request.get_method() == "GET" else None
         if connection is not None:
             try:
-                return self.send(key, connection, request, headers)
+                return self.send(key, connection, request, headers, deadline)
             except ConnectionError as e:
                 log.info("netatmo GET %s: the kept connection was lost (%s); sending again",
                          request.selector, e)
-        connection = connection_class(request.host, timeout=request.timeout, **arguments)
+        connection = connection_class(request.host, timeout=left(deadline), **arguments)
+        # http.client connects through this attribute (3.6 to 3.13): the socket then
+        # has only what is left, and the ssl module times the handshake as a whole.
+        connection._create_connection = connector(deadline)
         if tunnel:
             connection.set_tunnel(tunnel, headers=tunnel_headers)
-        return self.send(key, connection, request, headers)
+        return self.send(key, connection, request, headers, deadline)
 
-    def send(self, key, connection, request, headers):
-        """Send request on connection; return the answer, read, as urllib's handlers want."""
+    def send(self, key, connection, request, headers, deadline):
+        """Send request on connection; return the answer, read, as urllib's handlers want.
+
+        Each read waits at most what is left of the deadline, and a watchdog shuts the
+        connection at the deadline itself: an answer dribbled a byte at a time, each
+        within a read's timeout, cannot stretch the call past --timeout.
+        """
         import urllib.response
-        if connection.sock is not None:
-            connection.sock.settimeout(request.timeout)
         try:
-            connection.request(request.get_method(), request.selector, request.data, headers)
-            response = connection.getresponse()
-            body = read_at_most(response, self.max_answer)
+            if connection.sock is not None:
+                connection.sock.settimeout(left(deadline))
+            with self.deadlines.watch(connection, deadline):
+                connection.request(request.get_method(), request.selector, request.data,
+                                   headers)
+                response = connection.getresponse()
+                body = read_at_most(response, self.max_answer)
         except BaseException:
             connection.close()
+            if time.time() >= deadline:  # cut off by the watchdog, or just late
+                raise socket.timeout("timed out: no whole answer within --timeout")
             raise
         if body is None:
             connection.close()
@@ -1030,12 +1044,78 @@ class KeptAliveConnections(object):
         connection.close()
 
     def close(self):
-        """Close every idle connection."""
+        """Close every idle connection, and stop the watchdog."""
+        self.deadlines.stop()
         with self.lock:
             idle, self.idle = self.idle, {}
         for connections in idle.values():
             for connection, _ in connections:
                 connection.close()
+
+
+def left(deadline):
+    """Return the seconds left until deadline, or raise socket.timeout if none are."""
+    seconds = deadline - time.time()
+    if seconds <= 0:
+        raise socket.timeout("timed out: no whole answer within --timeout")
+    return seconds
+
+
+def connector(deadline):
+    """Return a socket.create_connection whose socket has only what is left of deadline.
+
+    The name lookup before it cannot be bounded in the standard library.
+    """
+    def create_connection(address, timeout=None, source_address=None):
+        sock = socket.create_connection(address, left(deadline), source_address)
+        sock.settimeout(left(deadline))  # what the TLS handshake has, as a whole
+        return sock
+    return create_connection
+
+
+class Deadlines(object):
+    """A watchdog: one thread that shuts each watched connection at its deadline."""
+
+    def __init__(self):
+        self.due = {}  # connection -> its deadline
+        self.changed = threading.Condition()
+        self.thread = None
+        self.stopped = False
+
+    @contextlib.contextmanager
+    def watch(self, connection, deadline):
+        """Shut connection at deadline, unless the block has ended by then."""
+        with self.changed:
+            if self.thread is None:  # started by the first call, not at start
+                self.thread = threading.Thread(target=self.run, daemon=True)
+                self.thread.start()
+            self.due[connection] = deadline
+            self.changed.notify()
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.due.pop(connection, None)
+
+    def run(self):
+        """Shut the connections whose deadline has come; sleep until the next one."""
+        with self.changed:
+            while not self.stopped:
+                now = time.time()
+                for connection, deadline in list(self.due.items()):
+                    if deadline <= now:
+                        del self.due[connection]
+                        try:  # the blocked read ends; for TLS, the plain socket's shutdown
+                            socket.socket.shutdown(connection.sock, socket.SHUT_RDWR)
+                        except (OSError, TypeError):  # closed, or no socket yet
+                            pass
+                self.changed.wait(min(self.due.values()) - now if self.due else None)
+
+    def stop(self):
+        """End the thread."""
+        with self.changed:
+            self.stopped = True
+            self.changed.notify()
 
 
 def read_at_most(response, limit):

@@ -292,6 +292,7 @@ class FakeNetatmo(object):
         self.latency = 0.0             # seconds added to every /api call
         self.token_latency = 0.0       # seconds added to every call to /oauth2/token
         self.slow_seconds = 2.0        # how long a "slow" fault delays its answer
+        self.drip_seconds = 0.2        # between two bytes of a "drip" fault's answer
         self.rate_limits = ((50, 10), (500, 3600))  # (calls, seconds) per user
         self.withheld_scopes = set()   # scopes the person unticks at the consent page
         self.refuse_pkce = False       # answer invalid_request to a code_challenge
@@ -364,7 +365,8 @@ class FakeNetatmo(object):
     def fail(self, path, kind, times=1):
         """Make the next `times` requests to path fail with this kind of fault.
 
-        Kinds: "500_html", "non_json", "reset", "hang", "slow", "no_body", "no_token",
+        Kinds: "500_html", "non_json", "reset", "hang", "slow", "drip" (the whole answer,
+        status line first, a byte every drip_seconds), "no_body", "no_token",
         "bad_status_line" (no HTTP status line, terminal escapes instead),
         "rate_limit" (429 code 26), "rate_limit_403" (the older 403 code 26),
         "too_many_connections", "invalid_grant", "invalid_client", "scope" (403 code 13),
@@ -784,6 +786,18 @@ class FakeHandler(BaseHTTPRequestHandler):
         if kind == "slow":
             fake.stopping.wait(fake.slow_seconds)
             return False
+        if kind == "drip":  # the whole answer a byte at a time, each within a read's timeout
+            self.close_connection = True
+            answer = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 29\r\n\r\n" + b'{"body": {}, "status": "ok"} ')
+            for byte in answer:
+                if fake.stopping.wait(fake.drip_seconds):
+                    return True
+                try:
+                    self.wfile.write(bytes([byte]))
+                except OSError:  # the client gave up
+                    return True
+            return True
         if kind == "reset":
             # SO_LINGER with a zero timeout turns close() into a TCP reset.
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,

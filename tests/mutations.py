@@ -569,6 +569,9 @@ MUTATIONS = [
     ("the __Host- login cookie keeps Path=/authenticate over https, and browsers drop it",
      'return "/" if self.secure_cookies else "/authenticate"', 'return "/authenticate"',
      [HARDENING + "CookieTossingTest"]),
+    ("a call to Netatmo is timed per read: a dribbled answer takes for ever",
+     'with self.deadlines.watch(connection, deadline):', 'if True:',
+     [REVIEW + "DeadlineTest"]),
     # -- HTTPS serving --
     ("plain HTTP to the https port gets no answer",
      'request.sendall(plain_http_answer(self.config.origin + "/"))', 'pass',

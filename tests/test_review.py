@@ -554,3 +554,28 @@ class CodeFloodTest(AppTestCase):
         self.server.exchanges.clock = lambda: time.time() + 61
         self.assertEqual(flood_of_codes(self.url, 1)[0], [400])
         self.assertEqual(len(self.fake.token_requests("authorization_code")), 12)
+
+
+class DeadlineTest(AppTestCase):
+    """6. A call to Netatmo has one deadline, --timeout, however its answer trickles in."""
+
+    def app_settings(self):
+        return {"timeout": 1.0}
+
+    def test_an_answer_dribbled_a_byte_at_a_time_is_cut_off_at_the_deadline(self):
+        for path, login_first in (("/oauth2/token", False), ("/api/homesdata", True)):
+            with self.subTest(path=path):
+                browser = self.login("alice")[0] if login_first else Browser()
+                if login_first:
+                    for other in ("/api/getstationsdata", "/api/gethomecoachsdata"):
+                        self.fake.fail(other, "drip")  # every line dribbles: no list
+                self.fake.fail(path, "drip")  # 100 bytes, 0.2 s apart: 20 s
+                started = time.time()
+                hops = browser.follow(self.url + ("/devices" if login_first else "/login"),
+                                      approve_as="alice")
+                took = time.time() - started
+                self.assertEqual(hops[-1].status, 504, hops[-1].text[:300])
+                self.assertIn("Netatmo did not answer within 1 seconds", hops[-1].text)
+                self.assertLess(took, 3)  # each read waited less than 1 s: 20 s before
+                self.fake.clear_faults()
+        self.assertNoTraceback()
