@@ -255,7 +255,7 @@ def fetch_device_list(server, session, told):
     answers = client.in_parallel([get("/api/" + name) for name in lines] +  # (e)
                                  [get("/api/homestatus", [("home_id", h)]) for h in known])
     bodies, failed = sort_answers(lines, answers, not_granted)
-    homes = home_ids(bodies["homesdata"]) if "homesdata" in bodies else known
+    homes = home_ids(bodies["homesdata"])[:MAX_HOMES] if "homesdata" in bodies else known
     later = [h for h in homes if h not in known]
     statuses = dict(zip(known + later, answers[len(lines):] + client.in_parallel(
         [get("/api/homestatus", [("home_id", h)]) for h in later])))  # (e) each home
@@ -2368,6 +2368,11 @@ def devices_of(bodies, statuses=None):
     return merge_devices(rows)
 
 
+# A page asks the status of at most this many homes, one call each; the others are
+# named in a problem line.
+MAX_HOMES = 50
+
+
 def home_ids(homes_body):
     """Return the ids of the homes of a homesdata body that have modules."""
     return [str(h["id"]) for h in listed((homes_body or {}).get("homes"))
@@ -2385,9 +2390,15 @@ def status_problems(homes_body, statuses):
     does not list it in homes_without_status. "failed": the homestatus call failed:
     the home's devices are listed, their status unknown. "no_status": the answer
     holds no module's status, and no error: an empty answer is not "all fine".
+    "not_asked": a home past the first MAX_HOMES, whose status was not asked.
     """
     problems = []
     names = {str(h.get("id")): h for h in listed((homes_body or {}).get("homes"))}
+    for home_id in home_ids(homes_body)[MAX_HOMES:]:
+        name = str(names[home_id].get("name") or home_id)
+        problems.append({"home_id": home_id, "home": name, "reason": "not_asked",
+                         "message": "The status of home %s was not asked: a page asks the "
+                                    "status of %d homes at most." % (name, MAX_HOMES)})
     for home_id, status in statuses.items():
         home = names.get(home_id, {})
         name = str(home.get("name") or home_id)
@@ -2418,6 +2429,19 @@ def status_problems(homes_body, statuses):
                                         "answer holds the status of none of its devices."
                                         % name})
     return problems
+
+
+def problem_lines(problems):
+    """Return the lines that say a DeviceList's status problems: one per home, and the
+    homes whose status was not asked in one line."""
+    lines = [p["message"] for p in problems if p["reason"] != "not_asked"]
+    skipped = [p["home"] for p in problems if p["reason"] == "not_asked"]
+    if skipped:
+        lines.append("The status of %d more homes was not asked: a page asks the status of "
+                     "%d homes at most. They are %s." % (len(skipped), MAX_HOMES, ", ".join(
+                         skipped[:10]) + (" and %d more" % (len(skipped) - 10)
+                                          if len(skipped) > 10 else "")))
+    return lines
 
 
 def home_of_status(status):
@@ -2577,8 +2601,8 @@ def devices_page(found, done=None):
     notes += "".join('<p class="note">Not granted: %s. Log in again and allow them at '
                     'Netatmo, or add the scope to --scopes.</p>\n' % escape(line)
                     for _, line in found.not_granted)
-    notes += "".join('<p class="note">%s</p>\n' % escape(problem["message"])
-                     for problem in found.status_problems)
+    notes += "".join('<p class="note">%s</p>\n' % escape(line)
+                     for line in problem_lines(found.status_problems))
     notes += "".join('<p class="note warn">%s</p>\n' % escape(failure_line(failure))
                      for failure in found.failed)
     notes += summary(devices)
@@ -3783,8 +3807,8 @@ def print_devices(found, as_json, width=None):
             for d in found.devices]
         text = "\n".join(fitted(rows, width))
         text += "".join("\nnot granted: %s" % line for _, line in found.not_granted)
-        text += "".join("\n%s" % printable(problem["message"])
-                        for problem in found.status_problems)
+        text += "".join("\n%s" % printable(line)
+                        for line in problem_lines(found.status_problems))
     write_out(text)
 
 

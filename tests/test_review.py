@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 
 import netatmo_stdlib
-from tests.fake_netatmo import TLS_CERT, TLS_KEY, hostile_account
+from tests.fake_netatmo import TLS_CERT, TLS_KEY, generated_statuses, hostile_account
 from tests.support import AppTestCase, Browser, CLIENT_SECRET, Response
 from tests.test_bad_days import query_of
 from tests.test_cli import GOOD, Started, run
@@ -579,3 +579,28 @@ class DeadlineTest(AppTestCase):
                 self.assertLess(took, 3)  # each read waited less than 1 s: 20 s before
                 self.fake.clear_faults()
         self.assertNoTraceback()
+
+
+class ManyHomesTest(AppTestCase):
+    """6. A page asks the status of 50 homes at most, and names the others."""
+
+    def test_an_account_of_55_homes(self):
+        homes = {"homes": [{"id": "%024x" % h, "name": "Flat %d" % h, "modules": [
+            {"id": "70:ee:50:00:%02x:01" % h, "type": "NAPlug", "name": "Relay %d" % h}]}
+            for h in range(55)]}
+        self.fake.users["landlord"] = {
+            "/api/homesdata": homes, "/api/getstationsdata": {"devices": []},
+            "/api/gethomecoachsdata": {"devices": []},
+            "/api/homestatus": generated_statuses(homes)}
+        self.fake.rate_limits = None
+        browser, hops = self.login("landlord")
+        self.assertEqual(len(self.fake.requests_to("/api/homestatus")), 50)
+        self.assertIn("The status of 5 more homes was not asked: a page asks the status of "
+                      "50 homes at most. They are Flat 50, Flat 51, Flat 52, Flat 53, Flat 54.",
+                      hops[-1].text)
+        answer = browser.get(self.url + "/devices.json").json()
+        self.assertEqual(len(answer["devices"]), 55)  # listed all the same
+        self.assertEqual([p["home"] for p in answer["homes_without_status"]],
+                         ["Flat %d" % h for h in range(50, 55)])
+        self.assertEqual({p["reason"] for p in answer["homes_without_status"]}, {"not_asked"})
+        self.assertEqual(len(self.fake.requests_to("/api/homestatus")), 100)  # 50 a page
