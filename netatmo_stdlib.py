@@ -1325,6 +1325,7 @@ class Logins(object):
         self.key = secrets.token_bytes(32)
         self.used = OrderedDict()  # nonce -> when its cookie expires, oldest first
         self.lock = threading.Lock()
+        self.started = 0  # logins begun: a terminal run says if one went to Netatmo
 
     def start(self, owner=False):
         """Return (cookie value, nonce) for a new login: nonce.issued.signature.
@@ -1333,6 +1334,7 @@ class Logins(object):
         for another purpose than anyone else's: it alone may write --token-file.
         """
         nonce = secrets.token_urlsafe(16)  # 128 bits
+        self.started += 1
         signed = "%s.%d" % (nonce, self.clock())
         return signed + "." + self.mac("owner" if owner else "cookie", signed), nonce
 
@@ -3164,7 +3166,22 @@ class Handler(BaseHTTPRequestHandler):
         log.info("%s %s", self.address_string(), message)
 
 
-class Server(socketserver.ThreadingMixIn, HTTPServer):
+class App(object):
+    """What the steps use, whether this program listens or not: the settings, the
+    trace, the client that talks to Netatmo, and the logins in progress.
+
+    A terminal run with a good saved login, or with --paste, is an App alone: it
+    binds no socket. The web app, and a run that needs a browser, is a Server.
+    """
+
+    def __init__(self, config):
+        self.config = config
+        self.trace = Trace(sys.stderr if config.trace else None)
+        self.netatmo = NetatmoClient(config, self.trace)
+        self.logins = Logins()
+
+
+class Server(App, socketserver.ThreadingMixIn, HTTPServer):
     """An HTTP server with one thread per connection (ThreadingHTTPServer, also on 3.6).
 
     Connections are capped, in all and per client address, so that no client can
@@ -3180,18 +3197,14 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
     def __init__(self, config):
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         self.address_family = family
-        self.trace = Trace(sys.stderr if config.trace else None)
-        self.netatmo = NetatmoClient(config, self.trace)  # before binding: server_close()
-        # closes it
+        App.__init__(self, config)  # before binding: server_close() closes its client
         HTTPServer.__init__(self, (config.host, config.port), Handler)
         if config.port == 0:  # a free port was picked: the default redirect URI names it
             default = config.redirect_uri == config.default_redirect_uri()
             config.port = self.server_address[1]
             if default:
                 config.redirect_uri = config.default_redirect_uri()
-        self.config = config
         self.sessions = SessionStore(config.cache_seconds)
-        self.logins = Logins()
         self.exchanges = Exchanges()
         self.outcome = Outcome() if config.terminal else None
         self.tls = tls_context(config) if config.certfile else None
@@ -3683,35 +3696,56 @@ def finish_terminal_login(server, request, session, not_kept):
                           not_kept and str(not_kept), found, session.tokens)
 
 
-def run_terminal(config, server, saved):
+def run_terminal(config, saved):
     """--once or --print-token: log in (from the saved tokens, else in a browser), print.
 
-    Return the exit status (the table is Exit's).
+    A good saved login, or one that refreshes, binds no port: any number of runs go
+    on beside the web app and beside each other. Only a login in the browser listens.
+    Ctrl-C in any wait ends the run with one line. Return the exit status (Exit's).
     """
-    if saved is not None:
-        status = from_saved_login(config, server, saved)
-        if status is not None:
-            return status
-    elif config.no_browser:
-        return fail(Exit.LOGIN_FAILED, "no saved login in %s: run once without "
-                    "--no-browser to log in" % config.token_file.path)
+    app = App(config)
+    try:
+        if saved is not None:
+            status = from_saved_login(config, app, saved)
+            if status is not None:
+                return status
+        elif config.no_browser:
+            return fail(Exit.LOGIN_FAILED, "no saved login in %s: run once without "
+                        "--no-browser to log in" % config.token_file.path)
+        try:
+            server = listen(config)
+        except ConfigError as e:
+            return fail(Exit.BAD_SETTING, "error: %s" % e)
+        return browser_login(config, server)
+    except KeyboardInterrupt:
+        return fail(Exit.INTERRUPTED, "interrupted")
+    finally:
+        app.netatmo.close()
+
+
+def browser_login(config, server):
+    """Serve one login in the browser, at the address with the owner's key; print what
+    it got. Return the exit status."""
     login_url = config.origin + server.login_path()
     redirect = None
     # Poll for shutdown every 0.1 s (not 0.5): the run ends soon after the login.
     thread = threading.Thread(target=server.serve_forever, args=(0.1,))
     thread.start()
     try:
-        say("open %s in a browser to log in (waiting up to %g s)" % (login_url, config.wait))
+        say("open %s in a browser to log in (waiting up to %g s; if Netatmo shows an error "
+            "page instead of its login, the client id or the redirect URI is the likely "
+            "cause)" % (login_url, config.wait))
         say(config.redirect_uri_line())
         if config.in_clear_line():
             say(config.in_clear_line())
         if config.open_browser:
             redirect = open_browser(login_url, secret=True)
         if not server.outcome.done.wait(config.wait):
-            return fail(Exit.NO_LOGIN, "no login was completed within %g s (--wait)"
-                        % config.wait)
-    except KeyboardInterrupt:
-        return fail(Exit.INTERRUPTED, "interrupted")
+            return fail(Exit.NO_LOGIN, "no login was completed within %g s (--wait)%s"
+                        % (config.wait, "; the browser went to Netatmo but never came "
+                           "back: if Netatmo showed an error page, check the client id and "
+                           "the redirect URI registered for the app" if server.logins.started
+                           else ""))
     finally:
         server.shutdown()
         server.server_close()
@@ -3747,7 +3781,8 @@ def from_saved_login(config, server, saved):
         message = ("the saved login in %s expired or was used elsewhere (Netatmo allows "
                    "each refresh token once)" % config.token_file.path)
         if config.no_browser:
-            return fail(Exit.LOGIN_FAILED, message)
+            return fail(Exit.LOGIN_FAILED, message + "; run once without --no-browser to "
+                        "log in again")
         say("%s; log in again in the browser" % message)
         return None
     except NetatmoError as e:
@@ -3949,28 +3984,35 @@ def remove_redirect_page(path):
 # ---- The command line -------------------------------------------------------------
 # main(): the settings, the server, then the web app or a terminal mode.
 
+def listen(config):
+    """Return a Server listening where config says, or raise ConfigError in one line."""
+    try:
+        return Server(config)
+    except (OSError, OverflowError) as e:
+        raise ConfigError("cannot listen on %s port %d: %s; pass another --port or --host"
+                          % (config.host, config.port, getattr(e, "strerror", None) or e))
+
+
 def main(argv=None, environ=None):
     """Serve until Ctrl-C, or run --once; return the exit status (2: a bad setting)."""
     argv = sys.argv[1:] if argv is None else argv
     terminal = "--once" in argv or "--print-token" in argv
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogFormatter("%(asctime)s %(message)s"))
+    # A terminal run speaks in one voice on stderr, as say() does; the web app's log
+    # lines are dated.
+    handler.setFormatter(LogFormatter("netatmo_stdlib: %(message)s" if terminal
+                                      else "%(asctime)s %(message)s"))
     logging.basicConfig(level=logging.WARNING if terminal else logging.INFO,
                         handlers=[handler])
     try:
         config = read_config(argv, os.environ if environ is None else environ)
         saved = config.token_file.load() if config.token_file else None
-        try:
-            server = Server(config)
-        except (OSError, OverflowError) as e:
-            raise ConfigError("cannot listen on %s port %d: %s; pass another --port or "
-                              "--host" % (config.host, config.port,
-                                          getattr(e, "strerror", None) or e))
+        server = None if config.terminal else listen(config)
     except ConfigError as e:
         say("error: %s" % e)
         return Exit.BAD_SETTING
     if config.terminal:
-        return run_terminal(config, server, saved)
+        return run_terminal(config, saved)
     url = config.local_url("/")
     print("netatmo_stdlib: open %s in a browser" % url)
     print("netatmo_stdlib: " + config.redirect_uri_line(), flush=True)

@@ -47,6 +47,7 @@ REAL = "tests.test_real_accounts."
 LESSON = "tests.test_lesson."
 NEWCOMER = "tests.test_newcomer."
 REVIEW = "tests.test_review."
+FIRST_DAY = "tests.test_first_day."
 MUTATIONS = [
     # -- state, PKCE and the signed login cookie --
     ("state is not checked against the login cookie",
@@ -204,7 +205,9 @@ MUTATIONS = [
     ("the device list is fetched on every page",
      'if cached is None or time.time() - cached.fetched_at >= max_age:', 'if True:',
      [DEVICES + "CacheTest"]),
-    ("Fetch again now does not fetch", 'session.device_list = None', 'pass',
+    ("Fetch again now does not fetch",
+     '    if session is not None:\n        session.device_list = None',
+     '    if session is not None:\n        pass',
      [DEVICES + "CacheTest"]),
     # -- the device merge --
     ("a device listed twice keeps its gaps",
@@ -347,7 +350,7 @@ MUTATIONS = [
      'found = device_list(server, session,', [SCRIPTS]),
     # -- the client secret --
     ("the client-secret file read with its trailing newline",
-     'secret = f.read().strip()', 'secret = f.read()',
+     'secret = raw.decode("utf-8").strip()', 'secret = raw.decode("utf-8")',
      ["tests.test_cli.StartTest.test_old_app_id_variable_and_secret_file"]),
     # -- --once: exit statuses, the shared host --
     ("--once exits 1, not 4, when Netatmo fails",
@@ -578,6 +581,11 @@ MUTATIONS = [
     ("the homes whose status was not asked are not named",
      '    for home_id in home_ids(homes_body)[MAX_HOMES:]:',
      '    for home_id in home_ids(homes_body)[MAX_HOMES:0]:', [REVIEW + "ManyHomesTest"]),
+    # -- a first day on a server (issue 25) --
+    ("a terminal run binds its port before it reads the saved login",
+     '    app = App(config)\n    try:\n        if saved is not None:',
+     '    app = listen(config)\n    try:\n        if saved is not None:',
+     [FIRST_DAY + "NoPortTest"]),
     # -- HTTPS serving --
     ("plain HTTP to the https port gets no answer",
      'request.sendall(plain_http_answer(self.config.origin + "/"))', 'pass',
