@@ -586,6 +586,16 @@ MUTATIONS = [
      '    app = App(config)\n    try:\n        if saved is not None:',
      '    app = listen(config)\n    try:\n        if saved is not None:',
      [FIRST_DAY + "NoPortTest"]),
+    ("a held lock makes a terminal run wait in silence",
+     '            log.warning("waiting up to %g s for another program that holds %s", self.wait,',
+     '            log.debug("waiting up to %g s for another program that holds %s", self.wait,',
+     [FIRST_DAY + "WaitsTest"]),
+    ("Ctrl-C in the lock's wait exits 130 without a line",
+     '    except KeyboardInterrupt:\n        return fail(Exit.INTERRUPTED, "interrupted")\n'
+     '    finally:\n        app.netatmo.close()',
+     '    finally:\n        app.netatmo.close()', [FIRST_DAY + "WaitsTest"]),
+    ("the login's wait does not say what an error page at Netatmo means",
+     ' if server.logins.started\n', ' if False\n', [FIRST_DAY + "WaitsTest"]),
     # -- HTTPS serving --
     ("plain HTTP to the https port gets no answer",
      'request.sendall(plain_http_answer(self.config.origin + "/"))', 'pass',

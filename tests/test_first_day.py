@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 
+import netatmo_stdlib
 from tests.support import Browser
 from tests.test_cli import run
 from tests.test_terminal import OnceRun, TokenFileCase
@@ -53,3 +54,46 @@ class NoPortTest(TokenFileCase):
         self.assertEqual((status, out), (2, ""), err)
         self.assertIn("cannot listen on 127.0.0.1 port %s" % port, err)
         self.assertEqual(len(err.strip().splitlines()), 1, err)
+
+
+class WaitsTest(TokenFileCase):
+    """2. Every wait in a terminal mode says what it waits for, once, when it starts."""
+
+    def test_a_held_lock_is_said_once_and_ctrl_c_there_is_one_line_and_130(self):
+        self.browser_login()
+        self.expire_saved()
+        with netatmo_stdlib.FileLock(self.path + ".lock", 1):  # another program's
+            status, out, err = OnceRun(self, "--token-file", self.path, "--no-browser",
+                                       mode="--print-token", lock_wait=0.5).finish()
+            self.assertEqual((status, out), (6, ""), err)
+            self.assertEqual(err.count("waiting up to 0.5 s for another program that holds "
+                                       "%s.lock" % self.path), 1, err)
+            run_ = OnceRun(self, "--token-file", self.path, "--no-browser",
+                           mode="--print-token", lock_wait=30)
+            waiting = run_.process.stderr.readline()  # the readiness signal: it waits
+            self.assertIn("waiting up to 30 s for another program that holds", waiting)
+            run_.process.send_signal(signal.SIGINT)
+            status, out, err = run_.finish()
+        self.assertEqual((status, out), (130, ""), err)
+        self.assertEqual(err.strip().splitlines(), ["netatmo_stdlib: interrupted"])
+        self.assertEqual(self.fake.token_requests("refresh_token"), [])
+
+    def test_the_login_wait_names_the_likely_cause_of_an_error_page_at_netatmo(self):
+        run_ = OnceRun(self, "--wait", "60", NETATMO_CLIENT_ID="a-wrong-id")
+        first = run_.process.stderr.readline()
+        self.assertIn("if Netatmo shows an error page instead of its login, the client id or "
+                      "the redirect URI is the likely cause", first)
+        url = re.search(r"open (\S+) in a browser", first).group(1)
+        run_.process.stderr.readline()
+        page = Browser().follow(url)[-1]  # the person opens it: Netatmo's error page
+        self.assertIn("Unknown application", page.text)
+        run_.process.send_signal(signal.SIGINT)
+        status, _, err = run_.finish()
+        self.assertEqual(status, 130)
+        self.assertEqual(err.strip().splitlines(), ["netatmo_stdlib: interrupted"])
+        run_ = OnceRun(self, "--wait", "1", NETATMO_CLIENT_ID="a-wrong-id")
+        Browser().follow(run_.wait_for_login_url())
+        status, _, err = run_.finish()
+        self.assertEqual(status, 3)
+        self.assertIn("the browser went to Netatmo but never came back: if Netatmo showed an "
+                      "error page, check the client id and the redirect URI", err)
