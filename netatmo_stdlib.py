@@ -348,8 +348,8 @@ class Config(object):
         """Return what to say of the redirect URI at start: register it, or not (a demo)."""
         if self.api_url == DEFAULT_API_URL:
             return "the redirect URI to register at %s is %s" % (APPS_PAGE, self.redirect_uri)
-        return "--api-url is not Netatmo's, so nothing is registered; the redirect URI " \
-               "is " + self.redirect_uri
+        return "--api-url is not Netatmo's: no app registration applies to it (a test " \
+               "cloud, a demo); the redirect URI is " + self.redirect_uri
 
     def in_clear_line(self):
         """Return the warning for a server that the network reaches over plain http, or None.
@@ -431,8 +431,14 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         if message.startswith("unrecognized arguments:"):
-            # Name the unknown flags only: a value typed after one may be a secret.
-            flags = [a for a in message.split(":", 1)[1].split() if a.startswith("-")]
+            # Name the unknown flags only, never a value: after a space or an "=", it
+            # may be a secret.
+            flags = [a.split("=", 1)[0] for a in message.split(":", 1)[1].split()
+                     if a.startswith("-")]
+            if "--client-secret" in flags:
+                raise ConfigError("there is no --client-secret flag, so that the secret "
+                                  "never shows in ps: set NETATMO_CLIENT_SECRET, or pass "
+                                  "--client-secret-file PATH")
             message = "unknown flag %s" % " ".join(flags or ["(a stray value)"])
         raise ConfigError(message + " (see --help)")
 

@@ -69,18 +69,30 @@ def main(argv):
                        NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
     try:
         child = subprocess.Popen([sys.executable, PROGRAM, "--port", port] + argv,
-                                 env=environment)
+                                 env=environment, stderr=subprocess.PIPE)
+        copier = threading.Thread(target=copy_stderr, args=(child.stderr, port))
+        copier.start()
         try:
             status = child.wait()
         except KeyboardInterrupt:  # Ctrl-C reached the program too: let it end
             status = child.wait()
+        copier.join()
     finally:
         fake.stop()
-    if status == 2 and not any(a in argv for a in ("--help", "-h")):
-        print("demo: the program ended on a bad setting (the line above says which); for a "
-              "port in use, pass another: DEMO_PORT=8010 to make, or --port 8010",
-              file=sys.stderr)
     return status
+
+
+def copy_stderr(stream, port):
+    """Copy the program's stderr as it comes; its line of a port in use becomes the
+    demo's, which says how to pass another port to make."""
+    in_use = ("netatmo_stdlib: error: cannot listen on 127.0.0.1 port %s: " % port).encode()
+    for line in iter(stream.readline, b""):
+        if line.startswith(in_use):
+            reason = line[len(in_use):].split(b";", 1)[0].decode("utf-8", "replace")
+            line = ("demo: the program cannot listen on 127.0.0.1 port %s (%s): pass another "
+                    "port, as DEMO_PORT=8010 to make or --port 8010\n" % (port, reason)).encode()
+        sys.stderr.buffer.write(line)
+        sys.stderr.flush()
 
 
 if __name__ == "__main__":

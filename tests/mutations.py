@@ -596,6 +596,9 @@ MUTATIONS = [
      '    finally:\n        app.netatmo.close()', [FIRST_DAY + "WaitsTest"]),
     ("the login's wait does not say what an error page at Netatmo means",
      ' if server.logins.started\n', ' if False\n', [FIRST_DAY + "WaitsTest"]),
+    ("--client-secret=VALUE echoes the value in the error",
+     'flags = [a.split("=", 1)[0] for a in message.split(":", 1)[1].split()',
+     'flags = [a for a in message.split(":", 1)[1].split()', ["tests.test_cli"]),
     # -- HTTPS serving --
     ("plain HTTP to the https port gets no answer",
      'request.sendall(plain_http_answer(self.config.origin + "/"))', 'pass',

@@ -102,12 +102,21 @@ class BadSettingsTest(unittest.TestCase):
         self.assertBadSetting(["--scopes", "read_station,<x>"], ["--scopes"], **GOOD)
 
     def test_client_secret_flag_does_not_exist_and_its_value_is_not_echoed(self):
-        status, _, err = run(["--client-secret", "s3cr3t-value"], **GOOD)
+        for args in (["--client-secret", "s3cr3t-value"], ["--client-secret=s3cr3t-value"],
+                     ["--port", "0", "--client-secret=s3cr3t-value", "--no-such=s3cr3t-value"]):
+            with self.subTest(args=args):
+                status, _, err = run(args, **GOOD)
+                self.assertEqual(status, 2)
+                # What to use instead (issue 25), and never the value.
+                self.assertIn("there is no --client-secret flag", err)
+                self.assertIn("NETATMO_CLIENT_SECRET", err)
+                self.assertIn("--client-secret-file", err)
+                self.assertNotIn("s3cr3t-value", err)
+                self.assertEqual(len(err.strip().splitlines()), 1, err)
+        status, _, err = run(["--wait-for=s3cr3t-value"], **GOOD)
         self.assertEqual(status, 2)
-        self.assertIn("unknown flag --client-secret", err)
-        self.assertIn("--help", err)
+        self.assertIn("unknown flag --wait-for (see --help)", err)
         self.assertNotIn("s3cr3t-value", err)
-        self.assertEqual(len(err.strip().splitlines()), 1, err)
 
     def test_port_already_in_use(self):
         with socket.socket() as taken:

@@ -12,8 +12,9 @@ import subprocess
 import sys
 
 import netatmo_stdlib
-from tests.support import Browser
+from tests.support import Browser, ROOT
 from tests.test_cli import run
+from tests.test_newcomer import free_port, shell_environment
 from tests.test_terminal import OnceRun, TokenFileCase
 
 
@@ -97,3 +98,45 @@ class WaitsTest(TokenFileCase):
         self.assertEqual(status, 3)
         self.assertIn("the browser went to Netatmo but never came back: if Netatmo showed an "
                       "error page, check the client id and the redirect URI", err)
+
+
+class DeadEndsTest(TokenFileCase):
+    """3. Every dead end names the next step."""
+
+    def test_a_dead_saved_login_with_no_browser_says_to_run_once_without_it(self):
+        self.browser_login()
+        self.expire_saved()
+        with self.fake.lock:  # another program used its refresh token
+            token = self.saved()["refresh_token"]
+            self.fake.refresh_tokens.pop(token)
+            self.fake.retired_refresh_tokens.add(token)
+        status, out, err = OnceRun(self, "--token-file", self.path, "--no-browser").finish()
+        self.assertEqual((status, out), (1, ""), err)
+        self.assertIn("expired or was used elsewhere", err)
+        self.assertIn("run once without --no-browser to log in again", err)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+
+    def make(self, target, **variables):
+        ports = {"DEMO_PORT": str(free_port()), "FAKE_PORT": str(free_port())}
+        ports.update(variables)
+        return subprocess.run(["make", "-s", target] + ["%s=%s" % kv for kv in ports.items()],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True, timeout=60, stdin=subprocess.DEVNULL,
+                              env=shell_environment()), ports
+
+    def test_the_demo_gives_its_port_advice_only_for_a_port_in_use_and_once(self):
+        done, _ = self.make("demo-once", ARGS="--token-file /nonexistent/folder/t.json")
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("cannot write --token-file", done.stderr)
+        self.assertNotIn("DEMO_PORT", done.stderr)  # not a port: no advice about one
+        port = held_port(self)
+        for target in ("demo", "demo-once"):
+            with self.subTest(target=target):
+                done, _ = self.make(target, DEMO_PORT=port)
+                self.assertNotEqual(done.returncode, 0)
+                said = [line for line in done.stderr.splitlines()
+                        if not line.startswith("make")]
+                self.assertEqual(len(said), 1, done.stderr)  # one line, one piece of advice
+                self.assertIn("cannot listen on 127.0.0.1 port %s" % port, said[0])
+                self.assertIn("pass another port, as DEMO_PORT=8010 to make", said[0])
+                self.assertNotIn("--host", said[0])

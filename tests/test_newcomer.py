@@ -322,7 +322,8 @@ class HelpTest(unittest.TestCase):
         process.stdout.readline()
         line = process.stdout.readline()
         self.assertNotIn("dev.netatmo.com", line)
-        self.assertIn("--api-url is not Netatmo's, so nothing is registered", line)
+        self.assertIn("--api-url is not Netatmo's: no app registration applies to it (a "
+                      "test cloud, a demo); the redirect URI is http://127.0.0.1:", line)
         process.kill()
         process.communicate()
 
