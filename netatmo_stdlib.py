@@ -1463,7 +1463,7 @@ def refusal(server, request, nonce, owner, problem, state, matches):
                                                     "invalid_client") else Exit.LOGIN_FAILED
     # The owner's key is printed once, in the terminal, and never put in a page.
     again = None if owner else "/login"
-    if owner:
+    if owner and not server.config.terminal:  # a terminal run's pages say it themselves
         explanation += " To try again, open the address printed in the terminal."
     if ask:
         return PageError(status, title, explanation + " This answer came without the "
@@ -1651,7 +1651,12 @@ def device_list(server, session, where):
 
 
 def show_home(server, request):
-    """GET /: the start page."""
+    """GET /: the start page; in a terminal run, where its login begins."""
+    if server.config.terminal:
+        return request.send_html(200, page("Netatmo devices", (
+            "<p>This program waits in a terminal for one login. Open the address it "
+            "printed there, which ends in /login?k=...: only that address can log "
+            "in.</p>")))
     request.send_html(200, home_page(logged_in(server, request)[1],
                                      done_before(server, request)))
 
@@ -2786,6 +2791,20 @@ class PageError(Exception):
         self.exit_status = exit_status  # with --once: how the run ends (None: it goes on)
         self.form = form        # (action, label) of a button that POSTs, before the link
 
+    def in_terminal_run(self):
+        """Return this error as a page of a terminal run: it never links to /login, which
+        needs the key printed in the terminal, nor, once the run has ended, to it at all."""
+        ended = self.exit_status is not None
+        if ended:
+            way_on = "This run has ended: run the command again in the terminal."
+        elif self.link in ("/login", None):
+            way_on = "To try again, open the address printed in the terminal."
+        else:
+            return self
+        return PageError(self.status, self.title, "%s %s" % (self.explanation, way_on), None,
+                         error=self.error, headers=self.headers, exit_status=self.exit_status,
+                         form=None if ended else self.form)
+
 
 class Redirect(Exception):
     """Stop handling a request and send the browser elsewhere."""
@@ -2993,6 +3012,8 @@ class Handler(BaseHTTPRequestHandler):
     def dispatch_error(self, error):
         """Answer with the error's page; with --once, an error that ends the run ends it,
         even if its page could not be sent."""
+        if self.server.outcome is not None:
+            error = error.in_terminal_run()
         try:
             self.send_error_page(error)
         finally:

@@ -599,6 +599,13 @@ MUTATIONS = [
     ("--client-secret=VALUE echoes the value in the error",
      'flags = [a.split("=", 1)[0] for a in message.split(":", 1)[1].split()',
      'flags = [a for a in message.split(":", 1)[1].split()', ["tests.test_cli"]),
+    ("a terminal run's start page shows a login button that leads to a 403",
+     '    if server.config.terminal:\n        return request.send_html(200, page(',
+     '    if False:\n        return request.send_html(200, page(', [FIRST_DAY + "TerminalPagesTest"]),
+    ("the pages of a terminal run that has ended link back to it",
+     '        if self.server.outcome is not None:\n            error = error.in_terminal_run()',
+     '        if False:\n            error = error.in_terminal_run()',
+     [FIRST_DAY + "TerminalPagesTest"]),
     # -- HTTPS serving --
     ("plain HTTP to the https port gets no answer",
      'request.sendall(plain_http_answer(self.config.origin + "/"))', 'pass',

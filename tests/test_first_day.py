@@ -140,3 +140,44 @@ class DeadEndsTest(TokenFileCase):
                 self.assertIn("cannot listen on 127.0.0.1 port %s" % port, said[0])
                 self.assertIn("pass another port, as DEMO_PORT=8010 to make", said[0])
                 self.assertNotIn("--host", said[0])
+
+
+def links_of(page):
+    """Return the addresses a page links to or posts to."""
+    return re.findall(r'(?:href|action)="([^"]*)"', page)
+
+
+class TerminalPagesTest(TokenFileCase):
+    """5. In --once, the web pages belong to this run."""
+
+    def test_the_start_page_leads_to_no_403_and_an_ended_run_is_not_linked_back(self):
+        run_ = OnceRun(self)
+        url = run_.wait_for_login_url()
+        origin = url.split("/login")[0]
+        start = Browser().get(origin + "/")
+        self.assertEqual(links_of(start.text), [])
+        self.assertIn("Open the address it printed there", start.text)
+        stale = Browser().get(origin + "/authenticate?code=x&state=y")  # the run goes on
+        self.assertEqual(stale.status, 400)
+        self.assertEqual(links_of(stale.text), [])
+        self.assertIn("open the address printed in the terminal", stale.text)
+        hops = Browser().follow(url, approve_as="deny")  # with the state: the run ends
+        self.assertEqual(hops[-1].status, 403)
+        self.assertEqual(links_of(hops[-1].text), [])
+        self.assertIn("This run has ended: run the command again in the terminal", hops[-1].text)
+        self.assertEqual(run_.finish()[0], 1)
+
+    def test_a_refusal_without_state_and_its_cancel(self):
+        self.fake.refuse_without_state = True
+        run_ = OnceRun(self)
+        url = run_.wait_for_login_url()
+        origin = url.split("/login")[0]
+        browser = Browser()
+        asked = browser.follow(url, approve_as="deny")[-1]
+        self.assertEqual(links_of(asked.text), ["/authenticate"])  # Cancel this login
+        self.assertIn("To try again, open the address printed in the terminal", asked.text)
+        cancelled = browser.post(origin + "/authenticate", headers={"Origin": origin})
+        self.assertEqual(cancelled.status, 200)
+        self.assertEqual(links_of(cancelled.text), [])
+        self.assertIn("This run has ended", cancelled.text)
+        self.assertEqual(run_.finish()[0], 1)
