@@ -3831,6 +3831,8 @@ def print_outcome(config, tokens, found, not_kept=None):
         print_devices(found, config.json_output, table_width(config))
         for failure in found.failed:
             say(failure_line(failure))
+        if not config.json_output:
+            say(needs_a_person(found.devices))
     if not_kept:
         return fail(Exit.NOT_KEPT, not_kept)
     return Exit.PARTIAL if found is not None and found.failed else Exit.DONE
@@ -3849,6 +3851,8 @@ COLUMNS = ("NAME", "STATUS", "BATTERY", "LAST SEEN", "READINGS", "PRODUCT", "TYP
            "HOME")
 NARROWER = (("ID", 0), ("HOME", 0), ("TYPE", 0), ("PRODUCT", 0), ("READINGS", 24),
             ("LAST SEEN", 0), ("BATTERY", 0), ("READINGS", 12), ("NAME", 12))
+# A low battery shows in STATUS too, which every width keeps.
+BATTERY_IN_STATUS = {"low": ", battery low", "very_low": ", battery very low"}
 
 
 def print_devices(found, as_json, width=None):
@@ -3860,10 +3864,11 @@ def print_devices(found, as_json, width=None):
         text = json.dumps(device_list_json(found), indent=2)
     else:
         now = time.time()
+        labels = told_apart(found.devices)  # no two rows show the same NAME
         rows = [COLUMNS] + [
             tuple(printable(v) for v in (
-                d["name"] or "(unnamed)", status_word(d), battery_text(d),
-                "" if d["last_seen"] is None else ago(d["last_seen"], now),
+                labels[id(d)], status_word(d) + BATTERY_IN_STATUS.get(d["battery"], ""),
+                battery_text(d), "" if d["last_seen"] is None else ago(d["last_seen"], now),
                 readings_text(d["readings"]), d["product"], d["type"], d["id"],
                 d["home"] or ""))
             for d in found.devices]
@@ -3872,6 +3877,16 @@ def print_devices(found, as_json, width=None):
         text += "".join("\n%s" % printable(line)
                         for line in problem_lines(found.status_problems))
     write_out(text)
+
+
+def needs_a_person(devices):
+    """Return the one line that counts what needs a person: offline devices, low
+    batteries, status unknown."""
+    counts = [(sum(d["reachable"] is False for d in devices), "offline"),
+              (sum(d["battery"] in BATTERY_IN_STATUS for d in devices), "battery low or "
+               "very low"), (sum(d["reachable"] is None for d in devices), "status unknown")]
+    return "%d device%s: %s" % (len(devices), "" if len(devices) == 1 else "s", ", ".join(
+        "%d %s" % count for count in counts if count[0]) or "all online, no battery low")
 
 
 def fitted(rows, width):
@@ -3890,11 +3905,42 @@ def fitted(rows, width):
             keep.remove(column)
         else:
             most = max(most, sizes[column] - excess)
-            rows = [row[:column] + (shortened(row[column], most),) + row[column + 1:]
-                    for row in rows]
+            cut = shortened_names if name == "NAME" else lambda texts, most: [
+                shortened(text, most) for text in texts]
+            rows = [row[:column] + (text,) + row[column + 1:]
+                    for row, text in zip(rows, cut([row[column] for row in rows], most))]
     sizes = {i: max(columns_of(row[i]) for row in rows) for i in keep}
     return ["  ".join(row[i] + " " * (sizes[i] - columns_of(row[i])) for i in keep).rstrip()
             for row in rows]
+
+
+def shortened_names(labels, most):
+    """Return the NAME column cut to about most screen columns, no two cells alike.
+
+    What tells a name from others of that name stays: "(Home Coach)" is kept whole
+    where it fits and the name before it cut; labels still alike keep their end (an
+    id's end tells it apart); the column widens past most if they are alike even so.
+    """
+    def cut(label, most):
+        name, sep, detail = label.rpartition(" (")
+        if sep and label.endswith(")") and columns_of(label) > most >= columns_of(
+                sep + detail) + 2:
+            return shortened(name, most - columns_of(sep + detail)) + sep + detail
+        return shortened(label, most)
+
+    def end_of(label, most):
+        while columns_of(label) > most - 1:
+            label = label[1:]
+        return "~" + label
+
+    while True:
+        cells = [cut(label, most) for label in labels]
+        alike = Counter(cells)
+        cells = [end_of(label, most) if alike[cell] > 1 and columns_of(label) > most else
+                 cell for label, cell in zip(labels, cells)]
+        if len(set(cells)) == len(set(labels)):
+            return cells
+        most += 1
 
 
 def columns_of(text):

@@ -14,7 +14,7 @@ import sys
 import netatmo_stdlib
 from tests.support import Browser, ROOT
 from tests.test_cli import run
-from tests.test_newcomer import free_port, shell_environment
+from tests.test_newcomer import columns_of, free_port, shell_environment
 from tests.test_terminal import OnceRun, TokenFileCase
 
 
@@ -181,3 +181,55 @@ class TerminalPagesTest(TokenFileCase):
         self.assertEqual(links_of(cancelled.text), [])
         self.assertIn("This run has ended", cancelled.text)
         self.assertEqual(run_.finish()[0], 1)
+
+
+class ProblemsAtAnyWidthTest(TokenFileCase):
+    """6. Problems show at any width from 60 columns up."""
+
+    def test_alice_at_60_80_and_120_columns(self):
+        self.browser_login()
+        for width in (60, 80, 120):
+            with self.subTest(width=width):
+                status, out, err = OnceRun(self, "--token-file", self.path, "--no-browser",
+                                           COLUMNS=str(width)).finish()
+                self.assertEqual(status, 0, err)
+                lines = out.splitlines()
+                self.assertEqual(len(lines), 74)
+                self.assertTrue(all(columns_of(line) <= width for line in lines), lines)
+                start = lines[0].index("STATUS")
+                names = [line[:start].rstrip() for line in lines[1:]]
+                self.assertEqual(len(set(names)), 73)  # no two rows show the same NAME
+                statuses = [line[start:].split("  ")[0] for line in lines[1:]]
+                self.assertEqual(sum(s.endswith(", battery low") for s in statuses), 4)
+                bedrooms = [n for n in names if n.startswith("Bedr")]
+                self.assertEqual(len(bedrooms), 2)
+                self.assertIn("offline", statuses[names.index(
+                    [n for n in bedrooms if "Coach" in n][0])])
+                # The summary counts what needs a person, on stderr: stdout is the table.
+                self.assertEqual(err, "netatmo_stdlib: 73 devices: 4 offline, 4 battery low "
+                                      "or very low, 14 status unknown\n")
+        status, out, err = OnceRun(self, "--token-file", self.path, "--no-browser",
+                                   "--json").finish()
+        self.assertEqual((status, err), (0, ""))  # --json: for a program, no summary
+
+    def test_names_alike_at_both_ends_still_differ_when_cut(self):
+        self.fake.users["yves"] = {
+            "/api/homesdata": {"homes": [{"id": "y1", "name": "Yves", "modules": [
+                {"id": "70:ee:50:00:00:0%d" % i, "type": "NACamDoorTag",
+                 "name": "Kitchen sensor %d in the hall" % i} for i in (1, 2)]}]},
+            "/api/getstationsdata": {"devices": []},
+            "/api/gethomecoachsdata": {"devices": []},
+            "/api/homestatus": {"y1": {"home": {"id": "y1", "modules": [
+                {"id": "70:ee:50:00:00:0%d" % i, "reachable": False,
+                 "battery_state": "very_low"} for i in (1, 2)]}}}}
+        run_ = OnceRun(self, "--token-file", self.path)
+        Browser().follow(run_.wait_for_login_url(), approve_as="yves")
+        self.assertEqual(run_.finish()[0], 0)
+        for width in (20, 40, 60):
+            with self.subTest(width=width):
+                status, out, err = OnceRun(self, "--token-file", self.path, "--no-browser",
+                                           COLUMNS=str(width)).finish()
+                lines = out.splitlines()
+                start = lines[0].index("STATUS")
+                names = [line[:start].rstrip() for line in lines[1:3]]
+                self.assertNotEqual(names[0], names[1], names)

@@ -120,7 +120,7 @@ class OnceTest(AppTestCase):
             "STATUS", "BATTERY", "LAST SEEN", "READINGS", "PRODUCT")}
         [gauge] = [line for line in lines if line.startswith("Wind Gauge ")]
         cell = lambda name: gauge[columns[name]:].split("  ")[0]  # noqa: E731
-        self.assertEqual(cell("STATUS"), "offline")
+        self.assertEqual(cell("STATUS"), "offline, battery very low")  # issue 25: both
         self.assertEqual(cell("BATTERY"), "very low (3 %)")
         self.assertRegex(cell("LAST SEEN"), r"^\d+ days ago$")
         [station] = [line for line in lines if line.startswith("MyStation ")]
