@@ -2538,13 +2538,14 @@ margin:1rem auto;padding:0 1rem;line-height:1.5;color:#222}
 table{border-collapse:collapse;width:100%;font-size:.95rem}
 th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #ddd;vertical-align:top}
 td.id{font-family:monospace;white-space:nowrap}
+td:first-child{overflow-wrap:anywhere}
 .scroll{overflow-x:auto}
 .button,button{display:inline-block;padding:.4rem .9rem;border:1px solid #06c;
 border-radius:.3rem;background:#06c;color:#fff;text-decoration:none;font-size:1rem;cursor:pointer}
 form{display:inline-block;margin:.5rem .5rem .5rem 0}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.4rem .8rem}
 .offline,.warn{color:#a00;font-weight:bold}.unknown{color:#777}
-small{color:#555;white-space:nowrap}
+small{color:#555}
 @media (max-width:40rem){.wide{display:none}}
 """
 
@@ -2628,11 +2629,12 @@ def devices_page(found, done=None):
              "<th class=\"wide\">Type</th><th class=\"wide\">Id</th></tr></thead>\n"
              "<tbody>\n%s</tbody></table></div>"
              % rows) if devices else "<p>Netatmo lists no devices for this account.</p>"
-    return page("Your Netatmo devices", (
-        "%s<p>%s, fetched from Netatmo at %s.</p>\n<div>%s</div>\n%s\n"
-        "<div>%s %s <a href=\"/\">Home</a></div>"
+    buttons = "%s %s <a href=\"/\">Home</a>" % (button("/refresh", "Renew the token now"),
+                                                button("/logout", "Log out"))
+    return page("Your Netatmo devices", (  # the buttons above the table too: 73 rows long
+        "%s<p>%s, fetched from Netatmo at %s.</p>\n<div>%s %s</div>\n%s\n<div>%s</div>"
         % (notes, count, escape(when(found.fetched_at)), button("/devices", "Fetch again now"),
-           table, button("/refresh", "Renew the token now"), button("/logout", "Log out"))))
+           buttons, table, buttons)))
 
 
 def device_row(d, now):
@@ -2648,7 +2650,8 @@ def device_row(d, now):
                 escape(d["name"] or "(unnamed)"), status_word(d), status_word(d),
                 escape(readings_text(d["readings"], "\u00a0")), escape(d["product"]), seen,
                 " warn" if d["battery"] in ("low", "very_low") else "",
-                escape(battery_text(d)), escape(d["signal"] or ""), escape(d["room"] or ""),
+                escape(battery_text(d, "%s (%d\u00a0%%)")), escape(d["signal"] or ""),
+                escape(d["room"] or ""),
                 escape(d["home"] or ""), escape(d["type"]), escape(d["id"])))
 
 

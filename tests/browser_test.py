@@ -11,6 +11,7 @@ check that the page's own style was applied: a policy that blocked it would leav
 the buttons grey, not blue.
 """
 
+import copy
 import json
 import os
 import shutil
@@ -277,3 +278,54 @@ class BrowserTest(AppTestCase):
         text = self.chromium.text()
         self.assertIn("4 offline", text)
         self.assertIn("4 batteries low or very low", text)
+
+    # The widest content of the page against the viewport; the table's own scrolling
+    # box; the battery cells whose "14 %" would wrap; where Renew stands.
+    MEASURE = """(() => {
+        const box = document.querySelector('.scroll'), table = box.querySelector('table');
+        let widest = 0, what = '';
+        for (const e of document.querySelectorAll('body *')) {
+            const r = e.getBoundingClientRect();
+            if (r.width && r.right > widest) { widest = r.right; what = e.tagName; }
+        }
+        const wrapped = [...document.querySelectorAll('td')].filter(td =>
+            /[0-9]\\s%\\)$/.test(td.textContent) && getComputedStyle(td).display !== 'none'
+        ).filter(td => {
+            const range = document.createRange(), text = td.firstChild;
+            range.setStart(text, text.textContent.lastIndexOf('(') + 1);
+            range.setEnd(text, text.textContent.length);
+            return new Set([...range.getClientRects()].map(r => Math.round(r.top))).size > 1;
+        }).length;
+        const renew = [...document.querySelectorAll('button')].find(b =>
+            b.textContent === 'Renew the token now');
+        return JSON.stringify({viewport: innerWidth, page: document.documentElement.scrollWidth,
+            widest: Math.ceil(widest), what: what, table: table.scrollWidth,
+            box: box.clientWidth, wrapped: wrapped, batteries: [...document.querySelectorAll(
+                'td')].filter(td => /\\)$/.test(td.textContent)).length,
+            renew_above: !!(renew.compareDocumentPosition(table)
+                            & Node.DOCUMENT_POSITION_FOLLOWING)});
+    })()"""
+
+    def test_the_device_page_fits_at_1280_and_390_px(self):
+        long_names = copy.deepcopy(self.fake.users["bob"])  # bob's, and one without a space
+        long_names["/api/homesdata"]["homes"][0]["modules"][4]["name"] = "Bob" * 30
+        self.fake.users["bob-long"] = long_names
+        for user in ("alice", "bob", "bob-long"):
+            self.fake.auto_approve = user
+            self.chromium.open(self.url + "/login")
+            self.chromium.wait_for_load(0, "/devices")
+            for width, height, mobile in ((1280, 900, False), (390, 844, True)):
+                with self.subTest(user=user, width=width):
+                    self.chromium.viewport(width, height, mobile)
+                    self.chromium.open(self.url + "/devices")
+                    seen = json.loads(self.chromium.evaluate(self.MEASURE))
+                    print("\nbrowser: %s at %d px: widest content %d px (%s), table %d px in "
+                          "a box of %d" % (user, width, seen["widest"], seen["what"],
+                                           seen["table"], seen["box"]))
+                    self.assertLessEqual(seen["page"], width)  # no sideways scrolling
+                    self.assertLessEqual(seen["widest"], width)
+                    self.assertLessEqual(seen["table"], seen["box"])  # nor in the table
+                    self.assertEqual(seen["wrapped"], 0)
+                    self.assertTrue(seen["renew_above"])
+            if user == "alice":
+                self.assertGreater(seen["batteries"], 10)

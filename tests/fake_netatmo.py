@@ -808,7 +808,7 @@ class FakeHandler(BaseHTTPRequestHandler):
             self.answer_json(200, {"body": kind[1], "status": "ok", "time_server": 1559171003})
             return True
         if isinstance(kind, tuple) and kind[0] == "json":
-            self.answer_json(200, kind[1])
+            self.answer_json(200, json.dumps(kind[1]))  # a str too is a JSON value here
             return True
         if isinstance(kind, tuple) and kind[0] == "status":
             self.answer_json(kind[1], kind[2])

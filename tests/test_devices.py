@@ -514,7 +514,7 @@ class StatusTest(AppTestCase):
         self.assertIn("<strong>2 batteries low or very low</strong>: Outdoor (low, 17 %), "
                       "Wind Gauge (very low, 3 %).", page)
         self.assertIn('<td class="offline">offline</td>', page)
-        self.assertIn("very low (3 %)", page)
+        self.assertIn("very low (3\u00a0%)", page)  # no wrap in "3 %" (issue 25)
         self.assertIn("24.6\u00a0\u00b0C \u00b7 36\u00a0% \u00b7 749\u00a0ppm \u00b7 37\u00a0dB "
                       "\u00b7 1017.3\u00a0mbar", page)
         self.assertRegex(page, r"\d+ days ago<br><small>2019-06-01 18:19:41 UTC</small>")
