@@ -10,9 +10,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 
 import netatmo_stdlib
-from tests.support import Browser, ROOT
+from tests.support import Browser, CLIENT_ID, CLIENT_SECRET, ROOT
 from tests.test_cli import run
 from tests.test_newcomer import columns_of, free_port, shell_environment
 from tests.test_terminal import OnceRun, TokenFileCase
@@ -233,3 +234,65 @@ class ProblemsAtAnyWidthTest(TokenFileCase):
                 start = lines[0].index("STATUS")
                 names = [line[:start].rstrip() for line in lines[1:3]]
                 self.assertNotEqual(names[0], names[1], names)
+
+
+def readme_section(title):
+    """Return the README's section that starts with this heading."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        return re.split(r"\n##+ ", f.read().split("\n" + title, 1)[1], 1)[0]
+
+
+def program_commands(section):
+    """Return the section's commands that run netatmo_stdlib.py, continuation lines joined."""
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", section, re.S):
+        for command in block.replace("\\\n", " ").splitlines():
+            command = command.split("  #")[0].strip()
+            if command.startswith("python3 netatmo_stdlib.py"):
+                commands.append(" ".join(command.split()))
+    return commands
+
+
+class ReadmeCommandsTest(TokenFileCase):
+    """4. The README's commands work as pasted, pointed at the fake cloud."""
+
+    def run_as_pasted(self, command, home, **settings):
+        """Run a README command in a newcomer's shell, against the fake; log in with a
+        browser when it prints an address. Return (exit status, stdout, stderr)."""
+        process = subprocess.Popen(
+            command + " --api-url " + self.fake.url, shell=True, cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            universal_newlines=True, encoding="utf-8",
+            env=shell_environment(HOME=home, NETATMO_CLIENT_ID=CLIENT_ID,
+                                  NETATMO_CLIENT_SECRET=CLIENT_SECRET, **settings))
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        if "--no-browser" not in command:  # a person opens the address printed
+            line = process.stderr.readline()
+            self.fake.register_redirect_uri(process.stderr.readline().split()[-1])
+            address = re.search(r"open (\S+) in a browser", line).group(1)
+            self.assertEqual(Browser().follow(address, approve_as="alice")[-1].status, 200)
+        out, err = process.communicate(timeout=60)
+        return process.returncode, out, err
+
+    def test_scripts_and_cron_and_the_ssh_section(self):
+        home = tempfile.mkdtemp()
+        self.addCleanup(lambda: subprocess.call(["rm", "-rf", home]))
+        commands = program_commands(readme_section("## Scripts and cron"))
+        self.assertEqual(len(commands), 3, commands)  # the curl line names Netatmo itself
+        first, unattended = commands[0], commands[1:]
+        self.assertNotIn("--no-browser", first)
+        for command in unattended:
+            self.assertIn("--no-browser", command)  # no cron job waits for a browser
+        port = str(free_port())
+        for command in commands:
+            with self.subTest(command=command):
+                status, out, err = self.run_as_pasted(command, home, NETATMO_PORT=port)
+                self.assertEqual(status, 0, err)
+                self.assertTrue(out)
+        [ssh] = program_commands(readme_section("**On a headless host over SSH**"))
+        self.assertEqual(ssh, "python3 netatmo_stdlib.py --once")
+        status, out, err = self.run_as_pasted(ssh, home, NETATMO_PORT=port)
+        self.assertEqual(status, 0, err)
+        self.assertEqual(len(out.splitlines()), 74)
+        block = readme_section("**On a headless host over SSH**").split("```sh\n", 1)[1]
+        self.assertIn("open the address it prints", block.split("```", 1)[0])
