@@ -3,7 +3,7 @@ PYTHON ?= python3
 DEMO_PORT ?= 8000
 FAKE_PORT ?= 8001
 
-.PHONY: test test-all test-stress test-browser test-mutations demo demo-once run bench
+.PHONY: test test-all test-stress test-browser test-mutations demo demo-once demo-paste run bench
 
 test:            ## the suite with python3
 	$(PYTHON) tests/run.py
@@ -26,6 +26,10 @@ demo:            ## the whole flow against a fake Netatmo cloud, no account need
 
 demo-once:       ## the fake cloud and a --once run in one command; more flags in ARGS="--json"
 	@NETATMO_TRACE=$(TRACE) $(PYTHON) tests/demo.py --once --port $(DEMO_PORT) \
+	  --fake-port $(FAKE_PORT) $(ARGS)
+
+demo-paste:      ## a --paste login against the fake cloud: open the address, paste where it ends
+	@NETATMO_TRACE=$(TRACE) $(PYTHON) tests/demo.py --once --paste --port $(DEMO_PORT) \
 	  --fake-port $(FAKE_PORT) $(ARGS)
 
 run:             ## the real thing, configured by NETATMO_* variables

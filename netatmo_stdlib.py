@@ -12,7 +12,9 @@ signed login cookie; we trade the code, with our client secret and the PKCE veri
 for tokens (d), which stay in memory under a new session id; and each page calls the
 device endpoints with `Authorization: Bearer` and lists one row per device (e).
 --trace tells each step as it happens, every secret hidden. --once and --print-token
-run the same flow in a terminal; --token-file keeps the login for scripts to share.
+run the same flow in a terminal (with --paste, on a host no browser can reach: the
+person pastes back the address Netatmo sent the browser to); --token-file keeps the
+login for scripts to share.
 
 What this protects: the login against forged callbacks (state), the code against
 interception (PKCE), the tokens (never in a URL, a page or a log line), the session
@@ -151,8 +153,7 @@ def authenticate(server, request):
     config, logins = server.config, server.logins
     nonce, owner, problem = logins.check(request.cookie(config.login_cookie_name))
     state, code = request.param("state"), request.param("code")
-    matches = nonce is not None and state is not None and hmac.compare_digest(
-        state.encode(), logins.state(nonce).encode())  # (c) the state of this login?
+    matches = state_matches(logins, nonce, state)
     if request.param("error") is not None:  # Netatmo's "no", or a link that says so
         raise refusal(server, request, nonce, owner, problem, state, matches)
     first_use = bool(code) and matches and logins.use(nonce)  # (c) and only once
@@ -171,6 +172,16 @@ def authenticate(server, request):
     if not_kept is not None:  # this browser is logged in; the file kept its login
         raise not_kept_page(not_kept, logged_in=True)
     request.redirect(303, "/devices")  # and the code leaves the address bar at once
+
+
+def state_matches(logins, nonce, state):
+    """Return True if state is the one derived from this login's nonce: (c)'s check.
+
+    In constant time, so that how long a wrong state takes says nothing of how much
+    of it was right. The callback and a pasted address (--paste) both call it.
+    """
+    return nonce is not None and state is not None and hmac.compare_digest(
+        state.encode(), logins.state(nonce).encode())  # (c) the state of this login?
 
 
 # ---- (d) Exchange it for a token -------------------------------------------------
@@ -309,7 +320,7 @@ class Config(object):
                  timeout=10.0, cache_seconds=30.0, once=False, json_output=False,
                  wait=300.0, token_file=None, no_browser=False, open_browser=False,
                  certfile=None, keyfile=None, client_timeout=30.0, pkce=True,
-                 print_token=False, trace=False, wide=False):
+                 print_token=False, trace=False, wide=False, paste=False):
         self.client_id = client_id
         self.client_secret = client_secret
         self.host = host
@@ -331,6 +342,7 @@ class Config(object):
         self.print_token = print_token    # terminal mode: print an access token, exit
         self.trace = trace                # tell each step of the flow on stderr
         self.wide = wide                  # --once's table keeps every column
+        self.paste = paste                # terminal mode: log in by pasting an address
         self.redirect_uri = redirect_uri or self.default_redirect_uri()
 
     def default_redirect_uri(self):
@@ -459,6 +471,8 @@ def argument_parser():
   a token:        curl -H "Authorization: Bearer $(python3 netatmo_stdlib.py
                   --print-token --token-file ~/.netatmo.json --no-browser)" ...
   over SSH:       ssh -L 8000:127.0.0.1:8000 host, run --once there, open the URL here
+  no browser can reach the host: python3 netatmo_stdlib.py --once --paste --token-file
+                  ~/.netatmo.json, then paste the address the browser ends at
   https on a LAN: python3 netatmo_stdlib.py --host 0.0.0.0 --certfile c.pem --keyfile k.pem
                   --redirect-uri https://box.lan:8000/authenticate
 exit status of --once and --print-token:
@@ -510,6 +524,9 @@ exit status of --once and --print-token:
     terminal.add_argument("--no-browser", action="store_true", help="with --once or "
                           "--print-token: never fall back to a browser login; exit 1 "
                           "instead")
+    terminal.add_argument("--paste", action="store_true", help="with --once or --print-token, "
+                          "on a host no browser can reach: print Netatmo's address, and read "
+                          "back the address the browser ended at; nothing listens")
     add("--version", action="version", version="%(prog)s " + __version__)
     return parser
 
@@ -578,11 +595,18 @@ def read_config(argv, environ):
     if args.once and args.print_token:
         raise ConfigError("--once and --print-token are two modes: pick one")
     for flag, value in (("--json", args.json), ("--wait", args.wait),
-                        ("--no-browser", args.no_browser)):
+                        ("--no-browser", args.no_browser), ("--paste", args.paste)):
         if value and not (args.once or args.print_token):
             raise ConfigError("%s works with --once or --print-token only" % flag)
     if args.wide and not args.once:
         raise ConfigError("--wide works with --once only")
+    if args.paste and (args.open or args.no_browser):
+        raise ConfigError("--paste is a login by hand: it goes with neither %s"
+                          % ("--open (print the address, and open it yourself)" if args.open
+                             else "--no-browser (which forbids any login)"))
+    if args.paste and port == 0 and redirect_uri is None:
+        raise ConfigError("--paste with --port 0 has no redirect URI to give Netatmo: pass "
+                          "the one registered for your app, as --redirect-uri")
     if args.no_browser and not args.token_file:
         raise ConfigError("--no-browser needs --token-file: without a saved login, the "
                           "only way in is a login in the browser")
@@ -591,7 +615,7 @@ def read_config(argv, environ):
     config = Config(client_id.strip(), client_secret, host, port, redirect_uri, scopes,
                     api_url, timeout, cache_seconds, args.once, args.json, wait,
                     args.token_file, args.no_browser, args.open, args.certfile, args.keyfile,
-                    client_timeout, pkce, args.print_token, trace, args.wide)
+                    client_timeout, pkce, args.print_token, trace, args.wide, args.paste)
     if config.token_file:  # before anything can refresh, and rotate the saved pair
         config.token_file.check_writable()
     return config
@@ -1433,48 +1457,53 @@ def may_start_login(server, request):
 def refusal(server, request, nonce, owner, problem, state, matches):
     """Return the PageError for an error Netatmo sent back instead of a code.
 
-    With this login's state, it ends the login (and a terminal run). Without a state
-    (Netatmo may leave it out; so does a link from another site) the person decides:
-    the page has "Cancel this login", and nothing ends. With another state, or
-    without the login cookie, it is not this person's answer: nothing ends.
+    Three cases, one branch each:
+    - another state, or no login cookie: not this person's answer; nothing ends;
+    - no state (Netatmo may leave it out; so does a link from another site): the
+      person decides, with "Cancel this login"; nothing ends until then;
+    - this login's state: the login ends, and a terminal run with it.
     """
-    error, said = request.param("error"), request.param("error_description")
-    ask = nonce is not None and state is None
-    server.trace.callback(request, request.param("code"), state, problem, matches, False, (
-        "Netatmo's error=%s " % error_name(error)) + (
-        "came without a state: it may be Netatmo's, or a link from another site; the "
-        "person decides, nothing ends" if ask else "came with this login's state: the "
-        "login ends" if matches else "is not this login's answer (no login cookie, or "
-        "another state): refused, nothing ends"))
-    if not (ask or matches):
-        return stale_link()
-    if error == "access_denied":
-        status, title, explanation, exit_status = 403, "You declined", (
-            "You did not allow this program to read your Netatmo devices, so it has "
-            "nothing to show."), Exit.LOGIN_FAILED
-    else:
-        cause = AUTHORIZE_ERRORS.get(error, "Check this program's settings against your "
-                                            "app at dev.netatmo.com.")
-        status, title, explanation = 400, "Netatmo refused the login", "Netatmo answered " \
-            "%s.%s %s" % (error_name(error), ' It said: "%s".' % said[:200] if said else "",
-                          cause)
-        # A redirect URI or client id that Netatmo refuses is a setting to fix.
-        exit_status = Exit.BAD_SETTING if error in ("redirect_uri_mismatch",
-                                                    "invalid_client") else Exit.LOGIN_FAILED
-    # The owner's key is printed once, in the terminal, and never put in a page.
-    again = None if owner else "/login"
+    error = request.param("error")
+    status, title, explanation, exit_status = refusal_words(
+        error, request.param("error_description"))
+    again = None if owner else "/login"  # the owner's key is printed once, never in a page
     if owner and not server.config.terminal:  # a terminal run's pages say it themselves
         explanation += " To try again, open the address printed in the terminal."
-    if ask:
+    told, code = "Netatmo's error=%s " % error_name(error), request.param("code")
+    if nonce is None or (state is not None and not matches):
+        server.trace.callback(request, code, state, problem, matches, False, told + (
+            "is not this login's answer (no login cookie, or another state): refused, "
+            "nothing ends"))
+        return stale_link()
+    if state is None:
+        server.trace.callback(request, code, state, problem, matches, False, told + (
+            "came without a state: it may be Netatmo's, or a link from another site; the "
+            "person decides, nothing ends"))
         return PageError(status, title, explanation + " This answer came without the "
                          "login's state, so this program cannot tell it from a link on "
                          "another site. If it was your answer, cancel this login; if not, "
                          "try again.", again, "Try again", error="unconfirmed_refusal",
                          form=("/authenticate", "Cancel this login"))
+    server.trace.callback(request, code, state, problem, matches, False, told + (
+        "came with this login's state: the login ends"))
     request.expire_cookie(server.config.login_cookie_name, server.config.login_cookie_path)
     return PageError(status, title, explanation, again, "Try again" if status == 403
                      else "Log in again", error="access_denied" if status == 403
                      else "authorize_error", exit_status=exit_status)
+
+
+def refusal_words(error, said):
+    """Return (status, title, explanation, exit status) of an error Netatmo sent back."""
+    if error == "access_denied":
+        return 403, "You declined", ("You did not allow this program to read your Netatmo "
+                                     "devices, so it has nothing to show."), Exit.LOGIN_FAILED
+    cause = AUTHORIZE_ERRORS.get(error, "Check this program's settings against your app at "
+                                        "dev.netatmo.com.")
+    # A redirect URI or client id that Netatmo refuses is a setting to fix.
+    return 400, "Netatmo refused the login", "Netatmo answered %s.%s %s" % (
+        error_name(error), ' It said: "%s".' % said[:200] if said else "", cause), (
+        Exit.BAD_SETTING if error in ("redirect_uri_mismatch", "invalid_client")
+        else Exit.LOGIN_FAILED)
 
 
 # What usually causes each error Netatmo may send back to the redirect URI.
@@ -3209,6 +3238,34 @@ class App(object):
         self.trace = Trace(sys.stderr if config.trace else None)
         self.netatmo = NetatmoClient(config, self.trace)
         self.logins = Logins()
+        self.token_lock = threading.Lock()
+        self.token_owner = None  # the session whose tokens --token-file holds
+
+    def keep_tokens(self, session):
+        """--token-file: save the owner's new login now, and after each of its refreshes.
+
+        The owner's last login owns the file: an older session's refreshes no longer
+        write it. If the file cannot take the new pair (its lock is held past the
+        wait, a full disk), it keeps the pair it held, which stays alive: return the
+        NotKept that says so, else None.
+        """
+        token_file = self.config.token_file
+        if token_file is None:
+            return None
+        try:
+            with token_file.locked():  # not in the middle of another program's refresh
+                token_file.save(session.tokens)
+                with self.token_lock:
+                    if self.token_owner is not None:
+                        self.token_owner.token_file = None
+                    self.token_owner = session
+                    session.token_file = token_file
+        except NotKept as e:
+            return e
+        except OSError as e:
+            return NotKept("this login could not be saved in %s (%s); the file keeps the "
+                           "login it held" % (token_file.path, e.strerror or e))
+        return None
 
 
 class Server(App, socketserver.ThreadingMixIn, HTTPServer):
@@ -3238,8 +3295,6 @@ class Server(App, socketserver.ThreadingMixIn, HTTPServer):
         self.exchanges = Exchanges()
         self.outcome = Outcome() if config.terminal else None
         self.tls = tls_context(config) if config.certfile else None
-        self.token_lock = threading.Lock()
-        self.token_owner = None  # the session whose tokens --token-file holds
         self.deadlines = {}      # connection -> when its request must have arrived
         self.deadlines_lock = threading.Lock()
         self.next_reaping = 0
@@ -3318,32 +3373,6 @@ class Server(App, socketserver.ThreadingMixIn, HTTPServer):
             log.info("%s connection ended: %s", client_address[0], error)
         else:
             log.exception("internal error serving %s", client_address[0])
-
-    def keep_tokens(self, session):
-        """--token-file: save the owner's new login now, and after each of its refreshes.
-
-        The owner's last login owns the file: an older session's refreshes no longer
-        write it. If the file cannot take the new pair (its lock is held past the
-        wait, a full disk), it keeps the pair it held, which stays alive: return the
-        NotKept that says so, else None.
-        """
-        token_file = self.config.token_file
-        if token_file is None:
-            return None
-        try:
-            with token_file.locked():  # not in the middle of another program's refresh
-                token_file.save(session.tokens)
-                with self.token_lock:
-                    if self.token_owner is not None:
-                        self.token_owner.token_file = None
-                    self.token_owner = session
-                    session.token_file = token_file
-        except NotKept as e:
-            return e
-        except OSError as e:
-            return NotKept("this login could not be saved in %s (%s); the file keeps the "
-                           "login it held" % (token_file.path, e.strerror or e))
-        return None
 
     def finish_request(self, request, client_address):
         """Serve one connection; with --certfile, first the TLS handshake, in its thread."""
@@ -3520,8 +3549,14 @@ class Trace(object):
                                       config.login_cookie_path)],
             "the login's state and PKCE verifier are derived from the nonce under a key "
             "only this run knows: the server keeps nothing for a login in progress")
+        self.consent(config, "302 Location", state, challenge)
+
+    def consent(self, config, how, state, challenge):
+        """Tell step (b): the address of Netatmo's consent page, and how it was given."""
+        if self.stream is None:
+            return
         self.step("b", [
-            "-> 302 Location: %s/oauth2/authorize" % config.api_url,
+            "-> %s: %s/oauth2/authorize" % (how, config.api_url),
             "  client_id=%s redirect_uri=%s scope=%s response_type=code"
             % (config.client_id, config.redirect_uri, config.scopes),
             "  state: %s%s" % (hidden(state), "" if challenge is None else
@@ -3529,6 +3564,26 @@ class Trace(object):
                                % hidden(challenge))],
             "the person logs in and approves at Netatmo, never here; the state comes back "
             "with the answer and proves it is this browser's")
+
+    def pasted(self, answer, wrong):
+        """Tell step (c) for --paste: the pasted address, and its state's check."""
+        if self.stream is None:
+            return
+        if answer is None:
+            lines = ["pasted: not this login's answer (%s)" % wrong, "-> asked again; nothing "
+                     "sent to Netatmo"]
+        elif answer.get("error"):
+            lines = ["pasted: error=%s, state %s" % (error_name(answer["error"]), "absent" if
+                                                    answer.get("state") is None else
+                                                    "matches this run's login"),
+                     "-> the person pasted it: this login's refusal; the run ends"]
+        else:
+            lines = ["pasted: code %s, state %s" % (hidden(answer["code"]),
+                                                    hidden(answer["state"])),
+                     "state: matches this run's login, checked as /authenticate checks it",
+                     "-> accepted: on to step (d)"]
+        self.step("c", lines, "the state must be this login's: an address from another "
+                  "login, or a forged one, never reaches the token endpoint")
 
     def callback(self, request, code, state, problem, matches, first_use, outcome=None):
         """Tell step (c): the callback, each of its checks, and what came of it."""
@@ -3730,7 +3785,8 @@ def run_terminal(config, saved):
     """--once or --print-token: log in (from the saved tokens, else in a browser), print.
 
     A good saved login, or one that refreshes, binds no port: any number of runs go
-    on beside the web app and beside each other. Only a login in the browser listens.
+    on beside the web app and beside each other. Only a login in the browser listens;
+    --paste never does.
     Ctrl-C in any wait ends the run with one line. Return the exit status (Exit's).
     """
     app = App(config)
@@ -3742,6 +3798,8 @@ def run_terminal(config, saved):
         elif config.no_browser:
             return fail(Exit.LOGIN_FAILED, "no saved login in %s: run once without "
                         "--no-browser to log in" % config.token_file.path)
+        if config.paste:
+            return paste_login(config, app)
         try:
             server = listen(config)
         except ConfigError as e:
@@ -3788,6 +3846,126 @@ def browser_login(config, server):
     return print_outcome(config, outcome.tokens, outcome.device_list, outcome.message)
 
 
+def paste_login(config, app):
+    """--paste: print Netatmo's consent address; read back the address the browser ended
+    at, on stdin; then (d) and (e) as --once. Nothing listens: the browser may be on
+    another machine, and its last page need not load. Return the exit status.
+    """
+    logins = app.logins
+    _, nonce = logins.start(owner=True)  # this run keeps the nonce: no cookie to sign
+    deadline = time.time() + min(config.wait, logins.ttl)
+    verifier = logins.code_verifier(nonce) if config.pkce else None
+    challenge = code_challenge(verifier) if verifier else None
+    app.trace.consent(config, "printed for the person to open", logins.state(nonce), challenge)
+    say("open this address in a browser, on any machine, and log in at Netatmo:")
+    sys.stderr.write(escaped(authorize_url(config, logins.state(nonce), challenge)) + "\n")
+    say("the browser then ends on a page that does not load (nothing listens at %s): "
+        "that is expected. Copy the whole address from its address bar, paste it here, and "
+        "press Enter (waiting up to %g s). Should a program answer there on your machine, "
+        "it gets a code worth nothing without this run's verifier."
+        % (config.redirect_uri, min(config.wait, logins.ttl)))
+    lines = PastedLines(sys.stdin.fileno())
+    for attempt in range(PastedLines.max_wrong):
+        line = lines.next(deadline)
+        if line is None:
+            return fail(Exit.LOGIN_FAILED, "no address was pasted (the input ended)")
+        if line is PastedLines.TIMEOUT:
+            return fail(Exit.NO_LOGIN, "no login was completed within %g s (--wait, and a "
+                        "login's %d minutes at most)" % (min(config.wait, logins.ttl),
+                                                        logins.ttl // 60))
+        answer, wrong = pasted_answer(line)
+        # A refusal pasted by the person is theirs, state or not; a code needs the state.
+        if answer is not None and not (answer.get("error") and answer.get("state") is None
+                                       or state_matches(logins, nonce, answer.get("state"))):
+            answer, wrong = None, ("that address is not from this login (its state is not "
+                                   "this one's): open the address above, and paste where the "
+                                   "browser ends")
+        app.trace.pasted(answer, wrong)
+        if answer is not None:
+            break
+        say(wrong + (": try again" if attempt + 1 < PastedLines.max_wrong else ""))
+    else:
+        return fail(Exit.LOGIN_FAILED, "%d pastes were not this login's answer; run the "
+                    "command again to start a new login" % PastedLines.max_wrong)
+    if answer.get("error"):
+        _, title, explanation, status = refusal_words(answer["error"],
+                                                      answer.get("error_description"))
+        return fail(status, "%s. %s" % (title, explanation))
+    logins.use(nonce)
+    try:
+        with app.trace.block("d") as told:
+            session = Session(exchange_code(app, answer["code"], verifier, told), time.time())
+        not_kept = app.keep_tokens(session)
+        found = None if config.print_token else device_list(app, session, "to the terminal")
+    except NotKept as e:
+        return fail(Exit.NOT_KEPT, str(e))
+    except NetatmoError as e:  # a code used, or expired: the login must start again
+        error = page_error_for(e)
+        return fail(error.exit_status, "%s. %s" % (error.title, error.explanation))
+    return print_outcome(config, session.tokens, found, not_kept or session.not_kept)
+
+
+class PastedLines(object):
+    """The lines pasted on stdin, read in a thread of their own: waiting for one can end
+    at a deadline on Windows too, where select() does not work on stdin."""
+
+    max_bytes = 8 * 1024  # a pasted line; a longer one is said to be so, and skipped
+    max_wrong = 3         # pastes that are not this login's answer, then the run ends
+    TIMEOUT, TOO_LONG = object(), "(a line longer than 8 KB)"
+
+    def __init__(self, fd):
+        import queue  # late: only --paste waits on it
+        self.lines = queue.Queue()
+        threading.Thread(target=self.read, args=(fd,), daemon=True).start()
+
+    def read(self, fd):
+        """Queue each line, as text; a line over max_bytes as TOO_LONG; None at the end.
+
+        os.read, not sys.stdin: a thread left waiting in sys.stdin's buffer when the run
+        ends would stop the interpreter's exit with an abort.
+        """
+        pending, skipping = b"", False
+        while True:
+            chunk = os.read(fd, 65536)
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                self.lines.put(self.TOO_LONG if skipping or len(line) > self.max_bytes
+                               else line.decode("utf-8", "replace").strip())
+                skipping = False
+            if len(pending) > self.max_bytes:  # a line too long: its rest is skipped
+                pending, skipping = b"", True
+            if not chunk:
+                self.lines.put(None)
+                return
+
+    def next(self, deadline):
+        """Return the next line, None at the end of the input, or TIMEOUT at deadline."""
+        import queue
+        try:
+            return self.lines.get(timeout=max(0, deadline - time.time()))
+        except queue.Empty:
+            return self.TIMEOUT
+
+
+def pasted_answer(line):
+    """Return ({"code" or "error", "state", ...}, None) of a pasted address, or (None,
+    what to paste instead)."""
+    if line is PastedLines.TOO_LONG:
+        return None, "that line is longer than 8 KB: paste the address alone"
+    parts = urllib.parse.urlsplit(line)
+    if parts.scheme not in ("http", "https") or not parts.netloc or " " in line:
+        return None, ("that is not an address: copy the whole address from the browser's "
+                      "address bar, starting with http")
+    # A parameter given twice counts as absent, as /authenticate reads it.
+    params = {k: v[0] for k, v in urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+              .items() if len(v) == 1}
+    if not params.get("code") and not params.get("error"):
+        return None, ("that address holds no code and no error: paste the address the "
+                      "browser ended at after Netatmo's page, which holds code= and state=")
+    return params, None
+
+
 def from_saved_login(config, server, saved):
     """Use the login saved in --token-file: print the devices, or the access token.
 
@@ -3813,7 +3991,7 @@ def from_saved_login(config, server, saved):
         if config.no_browser:
             return fail(Exit.LOGIN_FAILED, message + "; run once without --no-browser to "
                         "log in again")
-        say("%s; log in again in the browser" % message)
+        say("%s; log in again" % message)
         return None
     except NetatmoError as e:
         error = page_error_for(e)

@@ -48,6 +48,7 @@ LESSON = "tests.test_lesson."
 NEWCOMER = "tests.test_newcomer."
 REVIEW = "tests.test_review."
 FIRST_DAY = "tests.test_first_day."
+PASTE = "tests.test_paste."
 MUTATIONS = [
     # -- state, PKCE and the signed login cookie --
     ("state is not checked against the login cookie",
@@ -73,11 +74,10 @@ MUTATIONS = [
      '("code_challenge_method", "S256")]', '("code_challenge_method", "plain")]',
      [FLOW + "LoginFlowTest"]),
     ("an error=... without the login cookie, or with another state, ends the login",
-     'if not (ask or matches):\n        return stale_link()',
-     'if False:\n        return stale_link()',
+     'if nonce is None or (state is not None and not matches):', 'if False:',
      [FLOW + "LoginStateTest", TERMINAL + "OnceTest"]),
     ("a refusal without the state ends the login at once",
-     '    if ask:\n        return PageError(', '    if False:\n        return PageError(',
+     '    if state is None:\n        server.trace.callback', '    if False:\n        server.trace.callback',
      [BAD_DAYS + "RefusalTest"]),
     ("Cancel this login does not end --once",
      'error="cancelled",\n                    exit_status=Exit.LOGIN_FAILED)',
@@ -632,6 +632,14 @@ MUTATIONS = [
      'button("/devices", "Fetch again now"),\n           buttons, table, buttons)))',
      'button("/devices", "Fetch again now"),\n           "", table, buttons)))',
      [BROWSER + ".BrowserTest.test_the_device_page_fits_at_1280_and_390_px"]),
+    # -- --paste (issue 26) --
+    ("a pasted address is taken without checking its state",
+     'or state_matches(logins, nonce, answer.get("state"))):', 'or True):',
+     [PASTE + "BadPasteTest"]),
+    ("--paste listens on the redirect URI's port",
+     '        if config.paste:\n            return paste_login(config, app)',
+     '        if config.paste:\n            listen(config).server_close()\n'
+     '            return paste_login(config, app)', [PASTE + "NothingListensTest"]),
     # -- HTTPS serving --
     ("plain HTTP to the https port gets no answer",
      'request.sendall(plain_http_answer(self.config.origin + "/"))', 'pass',
