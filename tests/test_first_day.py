@@ -289,7 +289,8 @@ class ReadmeCommandsTest(TokenFileCase):
                 status, out, err = self.run_as_pasted(command, home, NETATMO_PORT=port)
                 self.assertEqual(status, 0, err)
                 self.assertTrue(out)
-        [ssh] = program_commands(readme_section("**On a headless host over SSH**"))
+        ssh_section = readme_section("**On a headless host over SSH**").split("\n**", 1)[0]
+        [ssh] = program_commands(ssh_section)
         self.assertEqual(ssh, "python3 netatmo_stdlib.py --once")
         status, out, err = self.run_as_pasted(ssh, home, NETATMO_PORT=port)
         self.assertEqual(status, 0, err)
