@@ -22,10 +22,12 @@ cookie (HttpOnly, SameSite=Lax, Secure over https). What it does not: it is a sm
 teaching server, not a hardened production one. Use it on loopback; elsewhere serve
 TLS (--certfile, --keyfile) or put it behind a TLS-terminating proxy you trust.
 
-The map of the file, one line per banner, in order. Part 2 follows the data: the
-settings, the wire, the tokens and their renewal, the login and session state that
-hold them, the file that shares them, the devices, the pages and the handler; then
-what tells it all on a terminal, and main().
+The map of the file, one line per banner, in order. Part 2 opens with what the
+program touches (hosts, ports, files, secrets, children, input), each in the one
+place where it happens, and a table of every limit: a reviewer reads both in two
+screens. Then it follows the data: the settings, the wire, the tokens and their
+renewal, the login state, the file that shares the login, the devices, the pages
+and the handler; then what tells it all on a terminal, and main().
 
 Part 1, the flow
     (a) Receive the authorization request    login(): a signed login cookie
@@ -34,11 +36,13 @@ Part 1, the flow
     (d) Exchange it for a token              exchange_code(), start_session()
     (e) Retrieve and output the devices      show_devices(), fetch_device_list()
 Part 2, what makes it hold
+    What it touches                          network, files, secrets, children: where
+    Limits                                   every limit once, and what happens past it
     Configuration                            settings read once, checked; exit statuses
     Talking to Netatmo                       the wire: post_form(), get_json()
-    Refresh and rotation                     tokens refreshed in time, one at a time
+    Sessions and their tokens                refreshed in time, one at a time
     The signed login state                   who may start a login; whose answer it is
-    Sessions                                 logged-in browsers, and the other routes
+    The routes beside the flow               after a login; start page, renew, log out
     The token file                           one login shared with scripts, locked
     Devices and their status                 the merge rules, rooms, the product table
     Pages                                    HTML, every value escaped
@@ -112,6 +116,8 @@ def login(server, request):
     cookie, nonce = logins.start(owner)  # (a) a new login: a nonce and its time, signed
     request.set_cookie(config.login_cookie_name, cookie, config.login_cookie_path,  # (a)
                        logins.ttl)
+    # The state and the PKCE verifier are derived from the nonce in that signed cookie,
+    # under its key: the web app stores nothing for a login in progress.
     state = logins.state(nonce)
     verifier = logins.code_verifier(nonce) if config.pkce else None
     challenge = code_challenge(verifier) if verifier else None
@@ -156,22 +162,13 @@ def authenticate(server, request):
     matches = state_matches(logins, nonce, state)
     if request.param("error") is not None:  # Netatmo's "no", or a link that says so
         raise refusal(server, request, nonce, owner, problem, state, matches)
-    first_use = bool(code) and matches and logins.use(nonce)  # (c) and only once
-    server.trace.callback(request, code, state, problem, matches, first_use)
-    if not first_use:
-        raise stale_link()
+    if not (code and matches and logins.use(nonce)):  # (c) and only once
+        raise not_this_login(server, request, code, state, problem, matches)
     verifier = logins.code_verifier(nonce) if config.pkce else None
-    # The POST, then the session cookie: one block; no POST for an address whose codes
-    # Netatmo refused too often (the client secret goes with each).
-    with server.trace.block("d") as told, server.exchanges.guard(request):
-        sid, session = start_session(server, request,
-                                     exchange_code(server, code, verifier, told), told)
-    not_kept = server.keep_tokens(session) if owner else None  # the owner's login only
-    if server.outcome is not None:  # a terminal mode: the run gets this login
-        return finish_terminal_login(server, request, session, not_kept)
-    if not_kept is not None:  # this browser is logged in; the file kept its login
-        raise not_kept_page(not_kept, logged_in=True)
-    request.redirect(303, "/devices")  # and the code leaves the address bar at once
+    with server.trace.accepted(request, code, state) as told, server.exchanges.guard(request):
+        tokens = exchange_code(server, code, verifier, told)
+        sid, session = start_session(server, request, tokens, told)
+    after_login(server, request, session, owner)
 
 
 def state_matches(logins, nonce, state):
@@ -254,22 +251,15 @@ def fetch_device_list(server, session, told):
     from homesdata: the first fetch of a session asks for the statuses once it has
     answered; later fetches send all their calls at once.
     """
-    client = server.netatmo
-
-    def get(path, params=()):
-        """Return a function that GETs path with this session's access token."""
-        return lambda: session.authorized(client, told, lambda access_token: client.get_json(
-            path, params, {"Authorization": "Bearer " + access_token}, told))  # (e) a GET
-
     lines, not_granted = readable_lines(session.tokens.scope, server.config.scopes)
     known = list(session.home_ids)  # the homes homesdata named last time; none at first
-    answers = client.in_parallel([get("/api/" + name) for name in lines] +  # (e)
-                                 [get("/api/homestatus", [("home_id", h)]) for h in known])
+    answers = session.get_all(server.netatmo, told, [("/api/" + name, ()) for name in lines] +
+                              [("/api/homestatus", [("home_id", h)]) for h in known])  # (e)
     bodies, failed = sort_answers(lines, answers, not_granted)
     homes = home_ids(bodies["homesdata"])[:MAX_HOMES] if "homesdata" in bodies else known
     later = [h for h in homes if h not in known]
-    statuses = dict(zip(known + later, answers[len(lines):] + client.in_parallel(
-        [get("/api/homestatus", [("home_id", h)]) for h in later])))  # (e) each home
+    statuses = dict(zip(known + later, answers[len(lines):] + session.get_all(
+        server.netatmo, told, [("/api/homestatus", [("home_id", h)]) for h in later])))  # (e)
     session.home_ids = homes
     statuses = home_statuses(statuses, homes if "homesdata" in bodies else [])
     return DeviceList(devices_of(bodies, statuses),  # (e) one row per device
@@ -277,7 +267,104 @@ def fetch_device_list(server, session, told):
                       failed, time.time())
 
 
+def bearer_get(client, path, params, access_token, told):
+    """Return the body of GET path?params, the access token in the Authorization header:
+    (e)'s message. Never in the URL, where logs and browser histories would keep it."""
+    return client.get_json(path, params, {"Authorization": "Bearer " + access_token},  # (e)
+                           told)
+
+
 # ==== Part 2, what makes it hold ===================================================
+
+
+# ---- What it touches --------------------------------------------------------------
+# Every contact of this program with the world, and the one place where it happens.
+#
+# Network out  NetatmoClient.call(): the only sender (on KeptAliveConnections). Host:
+#     --api-url or NETATMO_API_URL, default https://api.netatmo.com; through
+#     https_proxy, http_proxy, no_proxy when set (urllib's ProxyHandler). Plain http
+#     only to this host (loopback()). Redirects are never followed. The token POST
+#     carries client_id, client_secret and the code with its PKCE verifier, or the
+#     refresh token; each GET carries Authorization: Bearer. TLS: ssl's default
+#     context (the system's CA store, host names checked), KeptAliveConnections.
+# Network in   listen() -> Server: --host or NETATMO_HOST (127.0.0.1), --port or
+#     NETATMO_PORT (8000): whoever reaches that address and port. Routes:
+#     Handler.routes. TLS with --certfile and --keyfile: tls_context(), TLS 1.2+.
+#     --paste, and a terminal run on a good saved login, bind nothing.
+# Files        read: --client-secret-file (read_client_secret: private, 64 KB), the
+#     certificate and key (tls_context, by OpenSSL), --token-file (TokenFile.load:
+#     the user's, private, 1 MB). Written: --token-file through a new 0600 sibling
+#     .netatmo-tokens-*.tmp renamed over it, then its folder fsynced (TokenFile.save,
+#     sync_folder); PATH.lock beside it, 0600, never removed (FileLock). With --open:
+#     HOME/netatmo-login-*/login.html, 0700 folder, 0600 page, removed at the end
+#     (redirect_page). Nothing else: no log file, no cache, no temporary file.
+# Secrets      the client secret: Config, then the token POST only; out of os.environ
+#     once read. Access and refresh tokens: Session.tokens in memory, and --token-file;
+#     the access token goes only in the Bearer header (or to stdout, --print-token);
+#     the refresh token only to the token POST. Session ids: SessionStore and the
+#     browser's cookie. The cookie key: Logins.key, memory only, new at each start.
+#     The owner's key: Server.login_key, printed once (or in --open's private page).
+#     --trace and the log show none of them (hidden(), log_message()).
+# Children     the browser, with --open only (webbrowser; os.startfile on Windows).
+#     No subprocess of its own, no eval, exec or pickle. Late imports, each for the
+#     runs that need it: urllib.request, ssl and concurrent.futures (the first call
+#     to Netatmo), webbrowser and pathlib (--open), queue (--paste).
+# From the browser  Handler: a head capped by CappedHead, a body by read_body(), one
+#     value per parameter (param()) and per cookie (cookie()), Origin on every POST
+#     (check_origin()), the login cookie's signature and age (Logins.check()).
+# From Netatmo  NetatmoClient.call(): JSON only, 8 MB, one deadline, lone surrogates
+#     cleaned (parsed()); each field read for its type where it is used (tokens_of,
+#     listed(), finite(), the status readers): another shape lists nothing, or fails
+#     one product line (sort_answers), never the page.
+# Signing      Logins: HMAC-SHA256 under a key made at start signs the login cookie,
+#     and derives the state and the PKCE verifier. Cookies: Handler.set_cookie():
+#     HttpOnly, SameSite=Lax; over https Secure and __Host-.
+# Limits       below, in LIMITS: each written once, with what happens past it.
+
+
+# ---- Limits -----------------------------------------------------------------------
+# (name, value, what happens past it). A class's limit is its attribute, bound from
+# here (tests set it there); the others are read as LIMIT[name].
+LIMITS = (
+    ("Handler.max_head", 16 * 1024, "bytes of a request's header lines: 431"),
+    ("Handler.max_header_lines", 50, "header lines of a request: 431"),
+    ("Handler.max_body", 64 * 1024, "bytes of a request body: 413, unread"),
+    ("Handler.max_requests", 100, "requests on one connection: the last says close"),
+    ("Handler.keep_alive_seconds", 5.0, "seconds a kept connection waits idle: closed"),
+    ("Server.request_queue_size", 128, "connections waiting to be accepted: the kernel's"),
+    ("Server.max_connections", 256, "open connections in all: one more closed, unread"),
+    ("Server.max_connections_per_client", 64, "open connections of one address: the same"),
+    ("Exchanges.max_refused", 10, "codes Netatmo refused per address and window: 429"),
+    ("Exchanges.window", 60.0, "seconds over which refused codes are counted"),
+    ("Exchanges.max_addresses", 10000, "addresses counted: the oldest forgotten"),
+    ("Logins.ttl", 600, "seconds a login may take: its callback or paste refused"),
+    ("Logins.max_used", 10000, "used states remembered: the oldest forgotten"),
+    ("SessionStore.session_ttl", 24 * 3600, "seconds a session may go unused: forgotten"),
+    ("SessionStore.max_sessions", 10000, "sessions: the least recently used dropped"),
+    ("Session.refresh_margin", 60, "seconds before expiry a token is renewed (or half life)"),
+    ("NetatmoClient.max_workers", 16, "calls to Netatmo at once, for all pages: more wait"),
+    ("KeptAliveConnections.max_answer", 8 * 1024 * 1024, "bytes of an answer: 502"),
+    ("KeptAliveConnections.max_idle", 32, "idle connections kept per host: more closed"),
+    ("KeptAliveConnections.max_idle_seconds", 30.0, "seconds idle: closed, not reused"),
+    ("homes", 50, "homes whose status a page asks: the others named, status unknown"),
+    ("lifetime", 366 * 24 * 3600, "seconds an expires_in may say: more is unknown"),
+    ("TokenFile.lock_wait", 60.0, "seconds to wait for PATH.lock: 503, exit 6, no refresh"),
+    ("TokenFile.max_read", 1024 * 1024, "bytes of --token-file read: more is corrupt"),
+    ("Config.max_secret_file", 64 * 1024, "bytes of --client-secret-file: refused"),
+    ("PastedLines.max_bytes", 8 * 1024, "bytes of a pasted line: said, asked again"),
+    ("PastedLines.max_wrong", 3, "pastes that are not this login's answer: exit 1"),
+    ("text", 200, "characters kept of what others write: Netatmo's messages, a 404's path"),
+    ("error_name", 64, "characters of an error name shown, else 'an unreadable error'"),
+    ("firmware", 40, "characters of a firmware version shown"),
+    ("names", 10, "devices or homes named in one line: 'and N more'"),
+    ("done_digits", 12, "digits of the done cookie's time (a day old at most): ignored"),
+    ("--port", (0, 65535), "the setting's range: exit 2"),
+    ("--timeout", (0.1, 600), "seconds for a whole call to Netatmo: 504, exit 4"),
+    ("--client-timeout", (0.1, 3600), "seconds for a request's head to arrive: closed"),
+    ("--cache-seconds", (0, 86400), "seconds a device list is shown again"),
+    ("--wait", (0.1, 86400), "seconds a terminal run waits for a login: exit 3"),
+)
+LIMIT = dict((name, value) for name, value, _ in LIMITS)
 
 
 # ---- Configuration ----------------------------------------------------------------
@@ -313,7 +400,7 @@ class ConfigError(Exception):
 class Config(object):
     """Every setting, read once from flags, else the environment, else a default."""
 
-    max_secret_file = 64 * 1024  # bytes of --client-secret-file read; a larger one is refused
+    max_secret_file = LIMIT["Config.max_secret_file"]
 
     def __init__(self, client_id, client_secret, host="127.0.0.1", port=8000,
                  redirect_uri=None, scopes=DEFAULT_SCOPES, api_url=DEFAULT_API_URL,
@@ -554,14 +641,14 @@ def read_config(argv, environ):
     # put the server on the network without anyone asking.
     host = setting(args.host, "NETATMO_HOST", default="127.0.0.1")
     port = number(setting(args.port, "NETATMO_PORT", default="8000"), "--port", "NETATMO_PORT",
-                  "a port number", 0, 65535, whole=True)
+                  "a port number", *LIMIT["--port"], whole=True)
 
     timeout = number(setting(args.timeout, "NETATMO_TIMEOUT", default="10"), "--timeout",
-                     "NETATMO_TIMEOUT", "a number of seconds", 0.1, 600)
+                     "NETATMO_TIMEOUT", "a number of seconds", *LIMIT["--timeout"])
 
     cache_seconds = number(setting(args.cache_seconds, "NETATMO_CACHE_SECONDS", default="30"),
                            "--cache-seconds", "NETATMO_CACHE_SECONDS", "a number of seconds",
-                           0, 86400)
+                           *LIMIT["--cache-seconds"])
 
     scopes = " ".join(setting(args.scopes, "NETATMO_SCOPES", default=DEFAULT_SCOPES).split())
     if not scopes or not all(s.replace("_", "").isalpha() and s.islower()
@@ -587,9 +674,9 @@ def read_config(argv, environ):
     client_timeout = number(setting(args.client_timeout, "NETATMO_CLIENT_TIMEOUT",
                                     default="30"),
                             "--client-timeout", "NETATMO_CLIENT_TIMEOUT", "a number of seconds",
-                            0.1, 3600)
+                            *LIMIT["--client-timeout"])
     wait = number(setting(args.wait, default="300"), "--wait", None, "a number of seconds",
-                  0.1, 86400)
+                  *LIMIT["--wait"])
     if bool(args.certfile) != bool(args.keyfile):
         raise ConfigError("--certfile and --keyfile go together: pass both to serve https")
     if args.once and args.print_token:
@@ -730,7 +817,7 @@ Tokens = namedtuple("Tokens", "access_token refresh_token expires_at scope lifet
 class NetatmoClient(object):
     """The only code that sends anything to Netatmo: a form POST, or a GET with headers."""
 
-    max_workers = 16  # threads making calls for all requests; more only fight for the GIL
+    max_workers = LIMIT["NetatmoClient.max_workers"]  # more threads only fight for the GIL
 
     def __init__(self, config, trace=None):
         self.config = config
@@ -764,8 +851,9 @@ class NetatmoClient(object):
         if self.workers is not None:
             self.workers.shutdown(wait=False)
 
-    def in_parallel(self, functions):
-        """Call the functions at once; return [(result, exception)] in their order.
+    def in_parallel(self, function, calls):
+        """Call function(*arguments) for each of calls at once; return [(result,
+        exception)] in their order.
 
         The first runs in the calling thread, the others in worker threads that
         stay from call to call: starting three new threads for every page cost
@@ -775,8 +863,8 @@ class NetatmoClient(object):
             if self.workers is None:
                 from concurrent.futures import ThreadPoolExecutor
                 self.workers = ThreadPoolExecutor(self.max_workers)
-        later = [self.workers.submit(outcome, f) for f in functions[1:]]
-        return [outcome(f) for f in functions[:1]] + [future.result() for future in later]
+        later = [self.workers.submit(outcome, function, *call) for call in calls[1:]]
+        return [outcome(function, *call) for call in calls[:1]] + [f.result() for f in later]
 
     def post_form(self, path, form, told):
         """POST a form to Netatmo's token endpoint; return the Tokens it answers with."""
@@ -925,7 +1013,7 @@ def lifetime_of(answer):
         lifetime = float(answer.get("expires_in", answer.get("expire_in")))
     except (TypeError, ValueError, OverflowError):  # OverflowError: a 400-digit number
         return None
-    year = 366 * 24 * 3600
+    year = LIMIT["lifetime"]
     return lifetime if -year <= lifetime <= year else None  # NaN fails the test too
 
 
@@ -934,12 +1022,12 @@ def error_from_answer(status, answer):
     error = answer.get("error") if isinstance(answer, dict) else None
     if isinstance(error, dict):  # the /api envelope: {"error": {"code": 13, "message": ...}}
         code = error.get("code")
-        message = str(error.get("message") or "no message")[:200]
+        message = str(error.get("message") or "no message")[:LIMIT["text"]]
         return NetatmoError("Netatmo answered %s, code %s: %s" % (status, code, message),
                             status=status, code=code if isinstance(code, int) else None)
     if isinstance(error, str):  # the OAuth2 shape: {"error": "invalid_grant"}
-        return NetatmoError("Netatmo answered %s: %s" % (status, error[:100]),
-                            status=status, error=error[:100])
+        return NetatmoError("Netatmo answered %s: %s" % (status, error[:LIMIT["text"]]),
+                            status=status, error=error[:LIMIT["text"]])
     return NetatmoError("Netatmo answered %s." % status, status=status)
 
 
@@ -955,9 +1043,9 @@ class KeptAliveConnections(object):
     """
 
     handler_order = 400      # before urllib's HTTPHandler and HTTPSHandler (500)
-    max_idle = 32            # connections kept open per server; more are closed
-    max_idle_seconds = 30.0  # an older idle connection is closed, not reused
-    max_answer = 8 * 1024 * 1024  # bytes of an answer we read; a larger one fails
+    max_idle = LIMIT["KeptAliveConnections.max_idle"]
+    max_idle_seconds = LIMIT["KeptAliveConnections.max_idle_seconds"]
+    max_answer = LIMIT["KeptAliveConnections.max_answer"]
 
     def __init__(self):
         self.idle = {}  # (connection class, host, tunnelled host) -> [(connection, since)]
@@ -1171,9 +1259,10 @@ def readable(sock):
     return bool(select.select([sock], [], [], 0)[0])
 
 
-# ---- Refresh and rotation ---------------------------------------------------------
-# Tokens refreshed before they run out, one refresh at a time: Netatmo rotates the
-# pair, and a refresh token used twice logs the person out.
+# ---- Sessions and their tokens ----------------------------------------------------
+# A logged-in browser holds a random id; its tokens and cached device list stay here,
+# refreshed before they run out, one refresh at a time: Netatmo rotates the pair, and
+# a refresh token used twice logs the person out.
 
 class LoginExpired(Exception):
     """Netatmo no longer honours this session's refresh token: log in again."""
@@ -1184,8 +1273,7 @@ class Session(object):
     __slots__ = ("tokens", "last_seen", "lock", "device_list", "fetch_lock", "token_file",
                  "not_kept", "home_ids", "busy")
 
-    # Refresh this many seconds before the access token runs out.
-    refresh_margin = 60
+    refresh_margin = LIMIT["Session.refresh_margin"]  # seconds before the token runs out
 
     def __init__(self, tokens, now):
         self.tokens = tokens
@@ -1274,8 +1362,13 @@ class Session(object):
             self.not_kept, self.token_file = str(e), None
             return e.tokens
 
-    def authorized(self, client, told, call):
-        """Return call(access_token); on code 2 or 3, refresh once and call again.
+    def get_all(self, client, told, calls):
+        """GET each (path, params) at once with this session's token; [(body, error)]."""
+        return client.in_parallel(self.authorized, [(client, told, path, params)
+                                                    for path, params in calls])
+
+    def authorized(self, client, told, path, params):
+        """Return bearer_get()'s body; on code 2 or 3, refresh once and call again.
 
         Netatmo kills the old access token at each refresh, so under load a call can
         be refused because another request of this session rotated the tokens while
@@ -1288,7 +1381,7 @@ class Session(object):
         refreshed = False
         for attempts_left in reversed(range(5)):
             try:
-                return call(access_token)
+                return bearer_get(client, path, params, access_token, told)
             except NetatmoError as error:
                 if error.code not in (2, 3) or attempts_left == 0:  # 2 invalid, 3 expired
                     raise
@@ -1303,6 +1396,70 @@ class Session(object):
                 else:
                     access_token = self.refresh(client, access_token)
                     refreshed = True
+
+
+class SessionStore(object):
+    """Logged-in sessions, keyed by random cookie values, under one lock.
+
+    Bounded: at most max_sessions, the least recently used dropped first, and a
+    session's cached device list (70 KB for alice's 73 devices) is dropped once it is
+    older than --cache-seconds, when it could no longer be shown anyway.
+    """
+
+    session_ttl = LIMIT["SessionStore.session_ttl"]
+    max_sessions = LIMIT["SessionStore.max_sessions"]
+
+    def __init__(self, cache_seconds=30.0, clock=time.time):
+        self.clock = clock
+        self.cache_seconds = cache_seconds
+        self.lock = threading.Lock()
+        self.sessions = OrderedDict()  # sid -> Session, the least recently used first
+        self.next_sweep = 0
+
+    def create(self, tokens):
+        """Return (new cookie value, Session) for tokens just obtained."""
+        now = self.clock()
+        session = Session(tokens, now)
+        sid = secrets.token_urlsafe(32)
+        with self.lock:
+            self.sessions[sid] = session
+            while len(self.sessions) > self.max_sessions:
+                self.sessions.popitem(last=False)
+            self.sweep(now)
+        return sid, session
+
+    def get(self, sid):
+        """Return the live Session of this cookie value, or None."""
+        now = self.clock()
+        with self.lock:
+            session = self.sessions.get(sid)
+            if session is None:
+                return None
+            if now - session.last_seen > self.session_ttl:
+                del self.sessions[sid]
+                return None
+            session.last_seen = now
+            self.sessions.move_to_end(sid)
+            self.sweep(now)
+            return session
+
+    def delete(self, sid):
+        """Forget the session of this cookie value."""
+        with self.lock:
+            self.sessions.pop(sid, None)
+
+    def sweep(self, now):
+        """Drop expired sessions and stale device lists, at most once a minute (or once
+        per --cache-seconds, if shorter); the caller holds the lock."""
+        if now < self.next_sweep:
+            return
+        self.next_sweep = now + min(60, max(1, self.cache_seconds))
+        for sid, session in list(self.sessions.items()):
+            if now - session.last_seen > self.session_ttl:
+                del self.sessions[sid]
+            elif session.device_list and now - session.device_list.fetched_at >= \
+                    self.cache_seconds:
+                session.device_list = None
 
 
 def renewed(client, tokens):
@@ -1347,8 +1504,8 @@ class Logins(object):
     Netatmo's token endpoint, until they expire, so that a state works once.
     """
 
-    ttl = 10 * 60      # a login must come back from Netatmo within this many seconds
-    max_used = 10000   # used nonces remembered; past that the oldest are dropped
+    ttl = LIMIT["Logins.ttl"]  # a login must come back from Netatmo within this
+    max_used = LIMIT["Logins.max_used"]  # used nonces remembered
 
     def __init__(self, clock=time.time):
         self.clock = clock
@@ -1501,7 +1658,7 @@ def refusal_words(error, said):
                                         "dev.netatmo.com.")
     # A redirect URI or client id that Netatmo refuses is a setting to fix.
     return 400, "Netatmo refused the login", "Netatmo answered %s.%s %s" % (
-        error_name(error), ' It said: "%s".' % said[:200] if said else "", cause), (
+        error_name(error), ' It said: "%s".' % said[:LIMIT["text"]] if said else "", cause), (
         Exit.BAD_SETTING if error in ("redirect_uri_mismatch", "invalid_client")
         else Exit.LOGIN_FAILED)
 
@@ -1518,6 +1675,12 @@ AUTHORIZE_ERRORS = {
                        "--redirect-uri and --scopes. If Netatmo's page named "
                        "code_challenge, start this program with --no-pkce.",
 }
+
+
+def not_this_login(server, request, code, state, problem, matches):
+    """Tell a callback refused at (c), and return its PageError: nothing goes to Netatmo."""
+    server.trace.callback(request, code, state, problem, matches, False)
+    return stale_link()
 
 
 def stale_link():
@@ -1538,9 +1701,9 @@ class Exchanges(object):
     until the oldest of them is that old.
     """
 
-    max_refused = 10      # refused code exchanges per address per window
-    window = 60.0         # seconds
-    max_addresses = 10000  # addresses remembered; past that the oldest are dropped
+    max_refused = LIMIT["Exchanges.max_refused"]
+    window = LIMIT["Exchanges.window"]
+    max_addresses = LIMIT["Exchanges.max_addresses"]
 
     def __init__(self, clock=time.time):
         self.clock = clock
@@ -1590,76 +1753,23 @@ def cancel_login(server, request):
 
 def error_name(error):
     """Return the name of an error Netatmo sent back, if it reads as one (a-z, _)."""
-    readable = error.replace("_", "").isalnum() and len(error) <= 64
+    readable = error.replace("_", "").isalnum() and len(error) <= LIMIT["error_name"]
     return error if readable else "an unreadable error"
 
 
-# ---- Sessions ---------------------------------------------------------------------
-# A logged-in browser holds a random id; its tokens and cached device list stay here.
-# The routes beside the flow act on them.
+# ---- The routes beside the flow ---------------------------------------------------
+# What a login leads to, and the routes that act on a session: the start page, Fetch
+# again, Renew, Log out, /healthz.
 
-class SessionStore(object):
-    """Logged-in sessions, keyed by random cookie values, under one lock.
-
-    Bounded: at most max_sessions, the least recently used dropped first, and a
-    session's cached device list (70 KB for alice's 73 devices) is dropped once it is
-    older than --cache-seconds, when it could no longer be shown anyway.
-    """
-
-    session_ttl = 24 * 60 * 60   # a session unused for this long is forgotten
-    max_sessions = 10000         # past this, the least recently used session is dropped
-
-    def __init__(self, cache_seconds=30.0, clock=time.time):
-        self.clock = clock
-        self.cache_seconds = cache_seconds
-        self.lock = threading.Lock()
-        self.sessions = OrderedDict()  # sid -> Session, the least recently used first
-        self.next_sweep = 0
-
-    def create(self, tokens):
-        """Return (new cookie value, Session) for tokens just obtained."""
-        now = self.clock()
-        session = Session(tokens, now)
-        sid = secrets.token_urlsafe(32)
-        with self.lock:
-            self.sessions[sid] = session
-            while len(self.sessions) > self.max_sessions:
-                self.sessions.popitem(last=False)
-            self.sweep(now)
-        return sid, session
-
-    def get(self, sid):
-        """Return the live Session of this cookie value, or None."""
-        now = self.clock()
-        with self.lock:
-            session = self.sessions.get(sid)
-            if session is None:
-                return None
-            if now - session.last_seen > self.session_ttl:
-                del self.sessions[sid]
-                return None
-            session.last_seen = now
-            self.sessions.move_to_end(sid)
-            self.sweep(now)
-            return session
-
-    def delete(self, sid):
-        """Forget the session of this cookie value."""
-        with self.lock:
-            self.sessions.pop(sid, None)
-
-    def sweep(self, now):
-        """Drop expired sessions and stale device lists, at most once a minute (or once
-        per --cache-seconds, if shorter); the caller holds the lock."""
-        if now < self.next_sweep:
-            return
-        self.next_sweep = now + min(60, max(1, self.cache_seconds))
-        for sid, session in list(self.sessions.items()):
-            if now - session.last_seen > self.session_ttl:
-                del self.sessions[sid]
-            elif session.device_list and now - session.device_list.fetched_at >= \
-                    self.cache_seconds:
-                session.device_list = None
+def after_login(server, request, session, owner):
+    """After (d): keep the owner's login in --token-file; then end a terminal run with
+    it, or send the browser to its devices, the code out of its address bar at once."""
+    not_kept = server.keep_tokens(session) if owner else None  # the owner's login only
+    if server.outcome is not None:  # a terminal mode: the run gets this login
+        return finish_terminal_login(server, request, session, not_kept)
+    if not_kept is not None:  # this browser is logged in; the file kept its login
+        raise not_kept_page(not_kept, logged_in=True)
+    request.redirect(303, "/devices")
 
 
 def logged_in(server, request):
@@ -1731,7 +1841,8 @@ def done_before(server, request):
     _, session = logged_in(server, request)
     renewed = done[len("renewed-"):] if done.startswith("renewed-") else ""
     # A time of the last day, as the button set it; any other cookie is ignored.
-    if digits(renewed) and len(renewed) <= 12 and abs(time.time() - int(renewed)) <= 86400 \
+    if digits(renewed) and len(renewed) <= LIMIT["done_digits"] and abs(
+            time.time() - int(renewed)) <= 86400 \
             and session is not None:
         expires = session.tokens.expires_at
         return "Renewed at %s; valid until %s." % (clock(int(renewed)), clock(expires)
@@ -1773,7 +1884,8 @@ class TokenFile(object):
     """
 
     fields = ("access_token", "refresh_token", "expires_at", "scope")
-    lock_wait = 60.0  # seconds to wait for another program's refresh, then give up
+    lock_wait = LIMIT["TokenFile.lock_wait"]  # for another program's refresh, then give up
+    max_read = LIMIT["TokenFile.max_read"]
 
     def __init__(self, path):
         self.path = os.path.abspath(path)
@@ -1794,7 +1906,7 @@ class TokenFile(object):
             if problem:
                 raise ConfigError("--token-file %r %s; it holds your Netatmo login: chmod "
                                   "600 it, or delete it and log in again" % (self.path, problem))
-            raw = f.read(1024 * 1024)
+            raw = f.read(self.max_read)
         try:
             saved = json.loads(raw.decode("utf-8"))
         except (ValueError, RecursionError):
@@ -2220,7 +2332,8 @@ def status_of_weather_module(module):
 
 
 def status_of_home_module(module):
-    """Return the status fields of a module in /api/homestatus.
+    """Return the status fields of a module in /api/homestatus, but `reachable`, which
+    is reachability()'s.
 
     A device with both a Wi-Fi and a radio link reports its Wi-Fi link.
     """
@@ -2228,8 +2341,6 @@ def status_of_home_module(module):
                 if finite(module.get(name)) is not None}
     battery = module.get("battery_state")
     return {
-        "reachable": module.get("reachable") if isinstance(module.get("reachable"), bool)
-        else None,
         "last_seen": moment(module.get("last_seen"), module.get("last_message")),
         "battery": battery if battery in BATTERY_WORDS else None,
         "signal": level(module.get("wifi_strength"), WIFI_SIGNAL, "full")
@@ -2242,7 +2353,7 @@ def status_of_home_module(module):
 def firmware_of(value):
     """Return a firmware version as text, or None."""
     if isinstance(value, str) and value:
-        return value[:40]
+        return value[:LIMIT["firmware"]]
     value = finite(value)
     return None if value is None else str(int(value))
 
@@ -2258,10 +2369,8 @@ def devices_of_homes(body, statuses):
 
     statuses holds the /api/homestatus body of each home that answered. A module
     that only homestatus lists is a device too (an unreachable valve, say): it gets
-    a row with what homestatus says, and "in_homesdata": false. A module that
-    Netatmo names in the body's errors (code 6: it does not answer) is offline,
-    and so is every module it bridges: the cloud cannot reach them; their other
-    status fields stay unknown. The modules the same answer lists do answer.
+    a row with what homestatus says, and "in_homesdata": false. Whether each answers
+    is reachability()'s to say; one that Netatmo names as silent has no other status.
     """
     rows = []
     for home in listed(body.get("homes")):
@@ -2273,27 +2382,51 @@ def devices_of_homes(body, statuses):
         live_rooms = {str(r.get("id")): r for r in listed(home_of_status(status).get("rooms"))}
         listed_ids = {str(m["id"]) for m in modules}
         only_live = [m for module_id, m in live.items() if module_id not in listed_ids]
-        offline = bridged_by(modules + only_live, not_answering(status))
-        home_rows = []
+        silent = bridged_by(modules + only_live, not_answering(status))
+        reachable = reachability(modules + only_live, live, silent)
         for module in modules + only_live:
             module_id = str(module["id"])
             room_id = room_of.get(module_id)
             row = device(module["id"], module.get("name"), module.get("type"),
                          home.get("name"), rooms.get(room_id, {}).get("name"),
                          in_homesdata=module_id in listed_ids)
-            home_rows.append((module, row))
-            if module_id in offline:
-                row["reachable"] = False
-                continue
-            if module_id in live:
+            rows.append(row)
+            if module_id not in silent and module_id in live:
                 row.update(status_of_home_module(live[module_id]))
-            if row["type"] in THERMOSTATS:  # it reads its room, listed by homestatus or not
+            if module_id not in silent and row["type"] in THERMOSTATS:  # its room's readings
                 row["readings"].update(readings_of(live_rooms.get(room_id), ROOM_READINGS))
-            if row["reachable"] is None and isinstance(module.get("reachable"), bool):
-                row["reachable"] = module["reachable"]  # some homesdata modules say it
-        rows += [row for _, row in home_rows]
-        reachable_bridges(home_rows, live)
+            row["reachable"] = reachable[module_id]
     return rows
+
+
+def reachability(modules, live, silent):
+    """Return {module id: True, False or None} for a home's modules: does each answer?
+
+    The rules, in order; the first that applies decides:
+    1. Netatmo names it in homestatus's errors (code 6), or it hangs off a module so
+       named (silent, by bridged_by()): offline. The cloud cannot reach it.
+    2. homestatus gives it `reachable`: that.
+    3. homesdata gives it `reachable` (some modules say it): that.
+    4. A gateway that homestatus lists without `reachable` answers when a module it
+       bridges does, by rule 2 or 3: the cloud reaches that module through it.
+    5. Else unknown (None).
+    A station, its modules and a home coach say `reachable` in their own answers
+    (status_of_station); a device that several answers list takes its status from
+    the one that heard from it last (merge_devices).
+    """
+    said = {}
+    for module in modules:
+        module_id = str(module["id"])
+        answers = (live.get(module_id, {}).get("reachable"), module.get("reachable"))
+        said[module_id] = False if module_id in silent else next(
+            (answer for answer in answers if isinstance(answer, bool)), None)
+    answering = {"".join(module_id.split()) for module_id, yes in said.items() if yes}
+    for module in modules:
+        module_id, bridged = str(module["id"]), module.get("modules_bridged")
+        if said[module_id] is None and module_id in live and isinstance(bridged, list) \
+                and answering & {"".join(str(m).split()) for m in bridged}:
+            said[module_id] = True
+    return said
 
 
 def room_ids(home):
@@ -2325,20 +2458,6 @@ def bridged_by(modules, gateways):
                                                             list):
             ids.update(str(m) for m in module["modules_bridged"])
     return ids
-
-
-def reachable_bridges(home_rows, live):
-    """Mark reachable a gateway whose status lacks it while a module it bridges is.
-
-    homestatus often leaves `reachable` out of a gateway's status; the cloud
-    reaching a module through it says the gateway answers.
-    """
-    reachable = {row["id"] for _, row in home_rows if row["reachable"] is True}
-    for module, row in home_rows:
-        bridged = module.get("modules_bridged")
-        if row["reachable"] is None and row["id"] in live and isinstance(bridged, list) \
-                and reachable & {"".join(str(m).split()) for m in bridged}:
-            row["reachable"] = True
 
 
 def devices_of_stations(body, home_names):
@@ -2412,7 +2531,7 @@ def devices_of(bodies, statuses=None):
 
 # A page asks the status of at most this many homes, one call each; the others are
 # named in a problem line.
-MAX_HOMES = 50
+MAX_HOMES = LIMIT["homes"]
 
 
 def home_ids(homes_body):
@@ -2481,8 +2600,9 @@ def problem_lines(problems):
     if skipped:
         lines.append("The status of %d more homes was not asked: a page asks the status of "
                      "%d homes at most. They are %s." % (len(skipped), MAX_HOMES, ", ".join(
-                         skipped[:10]) + (" and %d more" % (len(skipped) - 10)
-                                          if len(skipped) > 10 else "")))
+                         skipped[:LIMIT["names"]]) + (" and %d more" % (
+                             len(skipped) - LIMIT["names"]) if len(skipped) > LIMIT["names"]
+                         else "")))
     return lines
 
 
@@ -2550,10 +2670,10 @@ def home_statuses(answers, homes):
     return statuses
 
 
-def outcome(function):
+def outcome(function, *arguments):
     """Call function; return (its result, None), or (None, the exception it raised)."""
     try:
-        return function(), None
+        return function(*arguments), None
     except Exception as error:  # handed back to the caller, who decides
         return None, error
 
@@ -2700,7 +2820,7 @@ def summary(devices):
     return notes
 
 
-def names_of(devices, labels, detail, most=10):
+def names_of(devices, labels, detail, most=LIMIT["names"]):
     """Return the devices' labels, each with its detail, the first `most` of them."""
     named = ["%s%s" % (labels[id(d)], detail(d)) for d in devices]
     more = len(named) - most
@@ -2924,11 +3044,11 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"   # keep-alive: every answer says its Content-Length
     default_request_version = "HTTP/1.0"  # even an unreadable request gets a status line
     server_version = "netatmo_stdlib/" + __version__
-    max_body = 64 * 1024          # bytes of a request body; a larger one gets 413
-    max_head = 16 * 1024          # bytes of a request's header lines; more gets 431
-    max_header_lines = 50         # header lines of a request; more gets 431
-    max_requests = 100            # requests on one connection; the last says close
-    keep_alive_seconds = 5.0      # an idle connection's next request must come by then
+    max_body = LIMIT["Handler.max_body"]
+    max_head = LIMIT["Handler.max_head"]
+    max_header_lines = LIMIT["Handler.max_header_lines"]
+    max_requests = LIMIT["Handler.max_requests"]
+    keep_alive_seconds = LIMIT["Handler.keep_alive_seconds"]
     cookies = ()                  # the Set-Cookie headers of the answer being made
     # http.server writes the headers and the body in two small packets; with Nagle's
     # algorithm the second waits for the client's delayed ACK: 40 ms on every answer.
@@ -3000,7 +3120,7 @@ class Handler(BaseHTTPRequestHandler):
             self.server.unwatch(self.connection)  # the request is in: no deadline now
             if methods is None:
                 raise PageError(404, "Page not found", "There is nothing at %s here."
-                                % urllib.parse.unquote(path)[:200].translate(
+                                % urllib.parse.unquote(path)[:LIMIT["text"]].translate(
                                     CONTROL_CHARACTERS))
             route = methods.get("GET" if self.command == "HEAD" else self.command)
             if route is None:
@@ -3277,9 +3397,9 @@ class Server(App, socketserver.ThreadingMixIn, HTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 128  # socketserver's 5 drops bursts of browsers' connections
-    max_connections = 256           # open connections in all
-    max_connections_per_client = 64  # open connections of one address: a quarter
+    request_queue_size = LIMIT["Server.request_queue_size"]  # socketserver's 5 drops bursts
+    max_connections = LIMIT["Server.max_connections"]
+    max_connections_per_client = LIMIT["Server.max_connections_per_client"]  # a quarter
 
     def __init__(self, config):
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
@@ -3584,6 +3704,11 @@ class Trace(object):
                      "-> accepted: on to step (d)"]
         self.step("c", lines, "the state must be this login's: an address from another "
                   "login, or a forged one, never reaches the token endpoint")
+
+    def accepted(self, request, code, state):
+        """Tell step (c) of a callback accepted; return the Block of step (d), next."""
+        self.callback(request, code, state, None, True, True)
+        return self.block("d")
 
     def callback(self, request, code, state, problem, matches, first_use, outcome=None):
         """Tell step (c): the callback, each of its checks, and what came of it."""
@@ -3909,8 +4034,8 @@ class PastedLines(object):
     """The lines pasted on stdin, read in a thread of their own: waiting for one can end
     at a deadline on Windows too, where select() does not work on stdin."""
 
-    max_bytes = 8 * 1024  # a pasted line; a longer one is said to be so, and skipped
-    max_wrong = 3         # pastes that are not this login's answer, then the run ends
+    max_bytes = LIMIT["PastedLines.max_bytes"]
+    max_wrong = LIMIT["PastedLines.max_wrong"]
     TIMEOUT, TOO_LONG = object(), "(a line longer than 8 KB)"
 
     def __init__(self, fd):
