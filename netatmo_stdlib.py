@@ -55,8 +55,6 @@ Part 2, what makes it hold
 import argparse
 import base64
 import contextlib
-import hashlib
-import hmac
 import html
 import http.client
 import io
@@ -64,16 +62,14 @@ import json
 import logging
 import os
 import re
-import secrets
 import select
+import shutil
 import socket
 import socketserver
 import stat
 import sys
-import tempfile
 import threading
 import time
-import unicodedata
 import urllib.parse
 from collections import Counter, OrderedDict, namedtuple
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -177,6 +173,7 @@ def state_matches(logins, nonce, state):
     In constant time, so that how long a wrong state takes says nothing of how much
     of it was right. The callback and a pasted address (--paste) both call it.
     """
+    import hmac  # late, as hashlib: a run on a saved login, a cron job's, never needs them
     return nonce is not None and state is not None and hmac.compare_digest(
         state.encode(), logins.state(nonce).encode())  # (c) the state of this login?
 
@@ -296,8 +293,8 @@ def bearer_get(client, path, params, access_token, told):
 #     the user's, private, 1 MB). Written: --token-file through a new 0600 sibling
 #     .netatmo-tokens-*.tmp renamed over it, then its folder fsynced (TokenFile.save,
 #     sync_folder); PATH.lock beside it, 0600, never removed (FileLock). With --open:
-#     HOME/netatmo-login-*/login.html, 0700 folder, 0600 page, removed at the end
-#     (redirect_page). Nothing else: no log file, no cache, no temporary file.
+#     HOME/netatmo-login-*/login.html, 0700 folder, 0600 page (redirect_page), both
+#     removed when the run ends (browser_login). Nothing else: no log file, no cache.
 # Secrets      the client secret: Config, then the token POST only; out of os.environ
 #     once read. Access and refresh tokens: Session.tokens in memory, and --token-file;
 #     the access token goes only in the Bearer header (or to stdout, --print-token);
@@ -308,7 +305,8 @@ def bearer_get(client, path, params, access_token, told):
 # Children     the browser, with --open only (webbrowser; os.startfile on Windows).
 #     No subprocess of its own, no eval, exec or pickle. Late imports, each for the
 #     runs that need it: urllib.request, ssl and concurrent.futures (the first call
-#     to Netatmo), webbrowser and pathlib (--open), queue (--paste).
+#     to Netatmo), hashlib and hmac (a login), tempfile (writing --token-file, --open),
+#     unicodedata (--once's table), webbrowser and pathlib (--open), queue (--paste).
 # From the browser  Handler: a head capped by CappedHead, a body by read_body(), one
 #     value per parameter (param()) and per cookie (cookie()), Origin on every POST
 #     (check_origin()), the login cookie's signature and age (Logins.check()).
@@ -958,24 +956,12 @@ def parsed(text):
 
     json.loads lets "\\ud800" through as a lone surrogate, which no page, log or JSON
     can encode: one in a device name failed every page. This one place, where all of
-    Netatmo's strings come in, cleans them all, keys too.
+    Netatmo's strings come in, cleans them all, keys too: the value written again, in
+    which every surrogate left is a lone one, replaced, and read again.
     """
     answer = json.loads(text)
-    if not SURROGATE_ESCAPE.search(text):  # no surrogate escape, so none to clean
-        return answer
-    if isinstance(answer, str):
-        return SURROGATE.sub("\ufffd", answer)
-    nodes = [answer] if isinstance(answer, (dict, list)) else []
-    while nodes:  # not recursive: an answer may be nested as deep as json.loads goes
-        node = nodes.pop()
-        if isinstance(node, dict):
-            for key in [k for k in node if SURROGATE.search(k)]:
-                node[SURROGATE.sub("\ufffd", key)] = node.pop(key)
-        for key, value in list(node.items() if isinstance(node, dict) else enumerate(node)):
-            if isinstance(value, str) and SURROGATE.search(value):
-                node[key] = SURROGATE.sub("\ufffd", value)
-            elif isinstance(value, (dict, list)):
-                nodes.append(value)
+    if SURROGATE_ESCAPE.search(text):  # none without an escape of one
+        answer = json.loads(SURROGATE.sub("\ufffd", json.dumps(answer, ensure_ascii=False)))
     return answer
 
 
@@ -1420,7 +1406,7 @@ class SessionStore(object):
         """Return (new cookie value, Session) for tokens just obtained."""
         now = self.clock()
         session = Session(tokens, now)
-        sid = secrets.token_urlsafe(32)
+        sid = random_text(32)
         with self.lock:
             self.sessions[sid] = session
             while len(self.sessions) > self.max_sessions:
@@ -1509,7 +1495,7 @@ class Logins(object):
 
     def __init__(self, clock=time.time):
         self.clock = clock
-        self.key = secrets.token_bytes(32)
+        self.key = os.urandom(32)
         self.used = OrderedDict()  # nonce -> when its cookie expires, oldest first
         self.lock = threading.Lock()
         self.started = 0  # logins begun: a terminal run says if one went to Netatmo
@@ -1520,7 +1506,7 @@ class Logins(object):
         An owner's login (begun at the address printed in the terminal) is signed
         for another purpose than anyone else's: it alone may write --token-file.
         """
-        nonce = secrets.token_urlsafe(16)  # 128 bits
+        nonce = random_text(16)  # 128 bits
         self.started += 1
         signed = "%s.%d" % (nonce, self.clock())
         return signed + "." + self.mac("owner" if owner else "cookie", signed), nonce
@@ -1534,6 +1520,7 @@ class Logins(object):
         if len(parts) != 3 or not digits(parts[1]):
             return None, False, "not one of ours (malformed)"
         signed = parts[0] + "." + parts[1]
+        import hmac
         owner = hmac.compare_digest(parts[2].encode(), self.mac("owner", signed).encode())
         if not owner and not hmac.compare_digest(parts[2].encode(),
                                                  self.mac("cookie", signed).encode()):
@@ -1554,6 +1541,8 @@ class Logins(object):
 
     def mac(self, purpose, text):
         """Return HMAC-SHA256(key, purpose:text) in unpadded base64url."""
+        import hashlib
+        import hmac
         digest = hmac.new(self.key, ("%s:%s" % (purpose, text)).encode("utf-8"),
                           hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
@@ -1571,6 +1560,11 @@ class Logins(object):
             return True
 
 
+def random_text(size):
+    """Return size random bytes of the system's (as secrets does) in unpadded base64url."""
+    return base64.urlsafe_b64encode(os.urandom(size)).rstrip(b"=").decode("ascii")
+
+
 def digits(text):
     """Return True if text is one or more ASCII digits (str.isdigit also takes "\u00b2")."""
     return bool(text) and not text.strip("0123456789")
@@ -1578,6 +1572,7 @@ def digits(text):
 
 def code_challenge(code_verifier):
     """Return the S256 PKCE challenge: BASE64URL(SHA256(code_verifier)), unpadded."""
+    import hashlib
     digest = hashlib.sha256(code_verifier.encode("ascii")).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
@@ -1593,6 +1588,7 @@ def may_start_login(server, request):
     """
     config, key = server.config, server.login_key
     given = request.param("k")
+    import hmac
     owner = key is not None and given is not None and hmac.compare_digest(
         given.encode(), key.encode())
     if (config.terminal or given is not None) and not owner:
@@ -2005,6 +2001,7 @@ class TokenFile(object):
 
     def temporary_file(self):
         """Return (descriptor, path) of a new file, 0600, of a random name beside PATH."""
+        import tempfile  # late, as unicodedata: for the runs that write the file
         return tempfile.mkstemp(prefix=".netatmo-tokens-", suffix=".tmp",
                                 dir=os.path.dirname(self.path))
 
@@ -2700,10 +2697,9 @@ small{color:#555}
 
 # The page's only style is the block above; the policy names its hash, so the
 # browser applies it and nothing else: no outside fonts, scripts, images or frames.
-CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; style-src 'sha256-%s'; form-action 'self'; "
-    "base-uri 'none'; frame-ancestors 'none'"
-    % base64.b64encode(hashlib.sha256(STYLE.encode("utf-8")).digest()).decode("ascii"))
+CONTENT_SECURITY_POLICY = (  # the hash is STYLE's SHA-256, which tests/test_http.py checks
+    "default-src 'none'; style-src 'sha256-pAxPna+3z5EcXEXcA2BgXdaqJD8hElEGM+7X+mKFj8U='; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 
 escape = html.escape
 
@@ -3424,7 +3420,7 @@ class Server(App, socketserver.ThreadingMixIn, HTTPServer):
         # The login URL printed in the terminal carries this secret. In the terminal
         # modes only a browser that has it may log in (not another user of this host
         # first); with --token-file only a login begun there writes the file.
-        self.login_key = secrets.token_urlsafe(24) if config.terminal or config.token_file \
+        self.login_key = random_text(24) if config.terminal or config.token_file \
             else None
 
     def login_path(self, owner=True):
@@ -3963,8 +3959,8 @@ def browser_login(config, server):
         server.shutdown()
         server.server_close()
         thread.join()
-        if redirect is not None:
-            remove_redirect_page(redirect)
+        if redirect is not None:  # the private page of --open, and its folder
+            shutil.rmtree(os.path.dirname(redirect), ignore_errors=True)
     outcome = server.outcome
     if outcome.tokens is None:  # no login: nothing to print
         return fail(outcome.status, outcome.message)
@@ -4040,7 +4036,7 @@ class PastedLines(object):
 
     def __init__(self, fd):
         import queue  # late: only --paste waits on it
-        self.lines = queue.Queue()
+        self.lines, self.empty = queue.Queue(), queue.Empty
         threading.Thread(target=self.read, args=(fd,), daemon=True).start()
 
     def read(self, fd):
@@ -4066,10 +4062,9 @@ class PastedLines(object):
 
     def next(self, deadline):
         """Return the next line, None at the end of the input, or TIMEOUT at deadline."""
-        import queue
         try:
             return self.lines.get(timeout=max(0, deadline - time.time()))
-        except queue.Empty:
+        except self.empty:
             return self.TIMEOUT
 
 
@@ -4251,6 +4246,7 @@ def shortened_names(labels, most):
 
 def columns_of(text):
     """Return the screen columns text takes: a wide character two, a combining mark none."""
+    import unicodedata
     return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF"
                else 1 for c in text)
 
@@ -4340,6 +4336,7 @@ def redirect_page(url):
     browser (Ubuntu's default) can read neither. The page is 0600 and written through
     no symlink: other users of this host cannot read the key in it.
     """
+    import tempfile
     folder = tempfile.mkdtemp(prefix="netatmo-login-", dir=os.path.expanduser("~"))
     path = os.path.join(folder, "login.html")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
@@ -4349,15 +4346,6 @@ def redirect_page(url):
                      % escape(url)).replace("<head>", '<head><meta http-equiv="refresh" '
                                             'content="0;url=%s">' % escape(url), 1))
     return path
-
-
-def remove_redirect_page(path):
-    """Remove the page open_browser wrote, and its folder."""
-    try:
-        os.remove(path)
-        os.rmdir(os.path.dirname(path))
-    except OSError:
-        pass
 
 
 # ---- The command line -------------------------------------------------------------
