@@ -7,6 +7,7 @@ status is non-zero only if something failed, never because a target was missed.
 """
 
 import http.client
+import io
 import json
 import os
 import queue
@@ -15,8 +16,10 @@ import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import tokenize
 import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -266,29 +269,127 @@ def timed(function, count):
     return durations
 
 
+# A program that imports only http.server and serves: the floor of idle memory.
+FLOOR = ("import http.server, sys; server = http.server.HTTPServer(('127.0.0.1', "
+         "int(sys.argv[-1])), http.server.BaseHTTPRequestHandler); print('up', flush=True); "
+         "server.serve_forever()")
+
+
+def ways_to_run(cache):
+    """Return [(name, argv, folder to run in)]: the floor, and the program both ways.
+
+    `-m` from the file's folder loads the bytecode Python keeps (here in cache, as
+    PYTHONPYCACHEPREFIX); `python3 netatmo_stdlib.py` compiles the source at each run.
+    """
+    return [("http.server floor", ["-c", FLOOR, "--port"], None),
+            ("python3 netatmo_stdlib.py", [PROGRAM], None),
+            ("python3 -m netatmo_stdlib", ["-m", "netatmo_stdlib"], ROOT)]
+
+
+def bytecode_environment(cache):
+    """Return the environment in which Python keeps its bytecode, in cache."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(PYTHONPYCACHEPREFIX=cache, NETATMO_CLIENT_ID=CLIENT_ID,
+               NETATMO_CLIENT_SECRET=CLIENT_SECRET)
+    return env
+
+
 def bench_start():
-    times, memory, bare = [], [], []
-    env = {"NETATMO_CLIENT_ID": CLIENT_ID, "NETATMO_CLIENT_SECRET": CLIENT_SECRET}
-    for _ in range(10):
-        started = time.perf_counter()
-        subprocess.check_call([sys.executable, "-c", "pass"])
-        bare.append((time.perf_counter() - started) * 1000)
-        port = free_port()
-        started = time.perf_counter()
-        child = Child([PROGRAM, "--port", str(port)], env)
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        connection.request("GET", "/healthz")
-        assert connection.getresponse().status == 200
-        times.append((time.perf_counter() - started) * 1000)
-        connection.close()
-        memory.append(rss_mb(child.process.pid))
-        child.stop()
-    row("start", "spawn to first 200 from /healthz, 10 runs; beside it, the spawn of a "
-        "bare `python3 -c pass` on this machine",
-        "p50 %.0f ms (bare interpreter: %.0f ms)" % (statistics.median(times),
-                                                    statistics.median(bare)), "report", None)
-    row("idle memory", "RSS after start and one /healthz",
-        "%.1f MB" % statistics.median(memory), "report", None)
+    cache = tempfile.mkdtemp(prefix="bench-pycache-")
+    try:
+        env = bytecode_environment(cache)
+        subprocess.check_call([sys.executable, "-c", "import netatmo_stdlib"], cwd=ROOT,
+                              env=env)  # the bytecode -m loads, kept as a server's is
+        results = {}
+        for name, argv, folder in ways_to_run(cache):
+            times, memory = [], []
+            for _ in range(10):
+                port = free_port()
+                started = time.perf_counter()
+                child = subprocess.Popen([sys.executable] + argv + ["--port", str(port)],
+                                         cwd=folder, env=env, stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL, universal_newlines=True)
+                child.stdout.readline()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                connection.request("GET", "/healthz")
+                assert connection.getresponse().status in (200, 501)  # the floor: 501
+                times.append((time.perf_counter() - started) * 1000)
+                connection.close()
+                memory.append(rss_mb(child.pid))
+                child.terminate()
+                child.wait(10)
+                child.stdout.close()
+            results[name] = statistics.median(times), statistics.median(memory)
+        floor = results["http.server floor"][1]
+        row("start", "spawn to first answer from /healthz, p50 of 10 runs, each way, beside "
+            "a program that imports only http.server", "; ".join(
+                "%s %.0f ms" % (name, t) for name, (t, _) in results.items()), "report", None)
+        row("idle memory", "RSS after start and one /healthz, p50 of 10, and above the floor",
+            "; ".join("%s %.1f MB%s" % (name, m, "" if m == floor else " (+%.1f)" % (m - floor))
+                      for name, (_, m) in results.items()),
+            "plain <= floor + 8.5 MB", results["python3 netatmo_stdlib.py"][1] - floor <= 8.5)
+        bench_cron(cache, env)
+    finally:
+        subprocess.call(["rm", "-rf", cache])
+
+
+def bench_cron(cache, env):
+    """--print-token on a good saved token, both ways: a cron job's whole run."""
+    folder = tempfile.mkdtemp(prefix="bench-cron-")
+    try:
+        path = os.path.join(folder, "tokens.json")
+        with open(path, "w") as f:
+            json.dump({"access_token": "a" * 57, "refresh_token": "r" * 57,
+                       "expires_at": time.time() + 3 * 3600, "scope": ["read_station"]}, f)
+        os.chmod(path, 0o600)
+        results = []
+        # The peak of the run itself (VmHWM, read as it exits): the rusage of a child
+        # counts the parent's pages it was forked with.
+        peak = ("import atexit, runpy, sys; atexit.register(lambda: sys.stderr.write([line "
+                "for line in open('/proc/self/status') if line.startswith('VmHWM')][0])); ")
+        for name, run, where in (
+                ("python3 netatmo_stdlib.py", "sys.argv[0] = %r; runpy.run_path(%r, "
+                 "run_name='__main__')" % (PROGRAM, PROGRAM), None),
+                ("python3 -m netatmo_stdlib", "runpy.run_module('netatmo_stdlib', "
+                 "run_name='__main__', alter_sys=True)", ROOT)):
+            times, peaks = [], []
+            for _ in range(10):
+                started = time.perf_counter()
+                child = subprocess.run([sys.executable, "-c", peak + run, "--print-token",
+                                        "--token-file", path, "--no-browser"], cwd=where,
+                                       env=env, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE, universal_newlines=True)
+                assert child.returncode == 0, child.stderr
+                times.append((time.perf_counter() - started) * 1000)
+                peaks.append(int(child.stderr.split()[-2]) / 1024.0)
+            results.append("%s %.0f ms, peak %.1f MB" % (name, statistics.median(times),
+                                                           statistics.median(peaks)))
+        row("cron run", "--print-token on a good saved token (no call), p50 of 10 runs",
+            "; ".join(results), "report", None)
+    finally:
+        subprocess.call(["rm", "-rf", folder])
+
+
+def bench_code_lines():
+    """The program's lines of code: no blank line, comment or docstring (tokenize)."""
+    with open(PROGRAM, encoding="utf-8") as f:
+        source = f.read()
+    tokens = [t for t in tokenize.generate_tokens(io.StringIO(source).readline)
+              if t.type not in (tokenize.COMMENT, tokenize.NL, tokenize.ENCODING)]
+    lines = set()
+    for i, token in enumerate(tokens):
+        if token.type in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
+                          tokenize.ENDMARKER):
+            continue
+        before = tokens[i - 1].type if i else tokenize.NEWLINE
+        after = tokens[i + 1].type if i + 1 < len(tokens) else tokenize.NEWLINE
+        if token.type == tokenize.STRING and after == tokenize.NEWLINE and before in (
+                tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+            continue  # a string alone as a statement: a docstring
+        lines.update(range(token.start[0], token.end[0] + 1))
+    row("code lines", "lines of netatmo_stdlib.py that hold code (tokenize): no blank line, "
+        "comment or docstring; of %d in all" % source.count("\n"), "%d" % len(lines),
+        "report", None)
 
 
 def bench_page_latency(fake):
@@ -599,13 +700,13 @@ def main(argv):
     print("netatmo_stdlib benchmark, Python %s, %d cores" % (sys.version.split()[0],
                                                            os.cpu_count()), flush=True)
     try:
-        for bench in (bench_start, bench_page_latency, bench_big_account, bench_cached_page,
+        for bench in (bench_code_lines, bench_start, bench_page_latency, bench_big_account, bench_cached_page,
                       bench_throughput, bench_keep_alive, bench_netatmo_connections,
                       bench_far_netatmo, bench_login, bench_memory_per_session,
                       bench_sessions_with_pages):
             if argv and not any(word in bench.__name__ for word in argv):
                 continue
-            bench(*([] if bench is bench_start else [fake]))
+            bench(*([] if bench in (bench_start, bench_code_lines) else [fake]))
     except Exception as error:
         print("bench: FAILED: %s: %s" % (type(error).__name__, error))
         return 1
