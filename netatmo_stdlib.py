@@ -1185,6 +1185,7 @@ class Deadlines(object):
         self.changed = threading.Condition()
         self.thread = None
         self.stopped = False
+        self.wakes_at = float("inf")  # when the thread looks next
 
     @contextlib.contextmanager
     def watch(self, connection, deadline):
@@ -1194,7 +1195,8 @@ class Deadlines(object):
                 self.thread = threading.Thread(target=self.run, daemon=True)
                 self.thread.start()
             self.due[connection] = deadline
-            self.changed.notify()
+            if deadline < self.wakes_at:  # else it looks in time: no wake-up on every call
+                self.changed.notify()
         try:
             yield
         finally:
@@ -1213,7 +1215,8 @@ class Deadlines(object):
                             socket.socket.shutdown(connection.sock, socket.SHUT_RDWR)
                         except (OSError, TypeError):  # closed, or no socket yet
                             pass
-                self.changed.wait(min(self.due.values()) - now if self.due else None)
+                self.wakes_at = min(self.due.values()) if self.due else float("inf")
+                self.changed.wait(self.wakes_at - now if self.due else None)
 
     def stop(self):
         """End the thread."""
@@ -3277,8 +3280,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def send_json(self, status, value, headers=()):
         """Send a JSON document: readable text, but TERMINAL_CONTROLS as \\uXXXX."""
-        self.send_body(status, json.dumps(value, ensure_ascii=False).translate(
-            JSON_ESCAPES).encode("utf-8"), "application/json; charset=utf-8",
+        self.send_body(status, JSON_ESCAPES.sub(lambda c: "\\u%04x" % ord(c.group()), json.dumps(
+            value, ensure_ascii=False)).encode("utf-8"), "application/json; charset=utf-8",
             headers)
 
     def send_error_page(self, error):
@@ -3582,7 +3585,9 @@ CONTROL_CHARACTERS = dict((c, ("\\x%02x" if c <= 0xff else "\\u%04x") % c)
 CONTROL_CHARACTERS[ord("\\")] = "\\\\"
 # What /devices.json writes as \\uXXXX: json.dumps escapes the C0 controls already; a
 # script that prints a name from it must not drive a terminal with the others either.
-JSON_ESCAPES = dict((c, "\\u%04x" % c) for c in TERMINAL_CONTROLS if c >= 0x20)
+# (A regular expression: str.translate took 2 ms of every page of alice's 73 devices.)
+JSON_ESCAPES = re.compile("[%s]" % "".join(re.escape(chr(c)) for c in TERMINAL_CONTROLS
+                                           if c >= 0x20))
 
 
 def escaped(text):
