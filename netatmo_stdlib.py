@@ -48,7 +48,7 @@ Part 2, what makes it hold
     Pages                                    HTML, every value escaped
     The HTTP handler                         routing, reading, writing, error pages
     The trace and the terminal               --trace, and what may reach a terminal
-    The terminal modes                       --once and --print-token
+    The terminal modes                       --once, --print-token, and --paste
     The command line                         main()
 """
 
