@@ -2599,10 +2599,8 @@ def problem_lines(problems):
     skipped = [p["home"] for p in problems if p["reason"] == "not_asked"]
     if skipped:
         lines.append("The status of %d more homes was not asked: a page asks the status of "
-                     "%d homes at most. They are %s." % (len(skipped), MAX_HOMES, ", ".join(
-                         skipped[:LIMIT["names"]]) + (" and %d more" % (
-                             len(skipped) - LIMIT["names"]) if len(skipped) > LIMIT["names"]
-                         else "")))
+                     "%d homes at most. They are %s." % (len(skipped), MAX_HOMES,
+                                                         first_few(skipped)))
     return lines
 
 
@@ -2819,11 +2817,15 @@ def summary(devices):
     return notes
 
 
-def names_of(devices, labels, detail, most=LIMIT["names"]):
-    """Return the devices' labels, each with its detail, the first `most` of them."""
-    named = ["%s%s" % (labels[id(d)], detail(d)) for d in devices]
-    more = len(named) - most
-    return ", ".join(named[:most]) + (" and %d more" % more if more > 0 else "")
+def names_of(devices, labels, detail):
+    """Return the devices' labels, each with its detail, the first few of them."""
+    return first_few(["%s%s" % (labels[id(d)], detail(d)) for d in devices])
+
+
+def first_few(names, most=LIMIT["names"]):
+    """Return the first `most` names, and how many more: "A, B and 3 more"."""
+    more = len(names) - most
+    return ", ".join(names[:most]) + (" and %d more" % more if more > 0 else "")
 
 
 def told_apart(devices):
@@ -4037,7 +4039,7 @@ class PastedLines(object):
 
     max_bytes = LIMIT["PastedLines.max_bytes"]
     max_wrong = LIMIT["PastedLines.max_wrong"]
-    TIMEOUT, TOO_LONG = object(), "(a line longer than 8 KB)"
+    TIMEOUT, TOO_LONG = object(), object()
 
     def __init__(self, fd):
         import queue  # late: only --paste waits on it
@@ -4077,7 +4079,8 @@ def pasted_answer(line):
     """Return ({"code" or "error", "state", ...}, None) of a pasted address, or (None,
     what to paste instead)."""
     if line is PastedLines.TOO_LONG:
-        return None, "that line is longer than 8 KB: paste the address alone"
+        return None, "that line is longer than %d KB: paste the address alone" % (
+            PastedLines.max_bytes // 1024)
     parts = urllib.parse.urlsplit(line)
     if parts.scheme not in ("http", "https") or not parts.netloc or " " in line:
         return None, ("that is not an address: copy the whole address from the browser's "

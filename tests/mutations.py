@@ -585,6 +585,9 @@ MUTATIONS = [
     ("the homes whose status was not asked are not named",
      '    for home_id in home_ids(homes_body)[MAX_HOMES:]:',
      '    for home_id in home_ids(homes_body)[MAX_HOMES:0]:', [REVIEW + "ManyHomesTest"]),
+    ("a line names every home or device, however many",
+     '    return ", ".join(names[:most]) + (', '    return ", ".join(names) + (',
+     [REVIEW + "ManyHomesTest"]),
     # -- a first day on a server (issue 25) --
     ("a terminal run binds its port before it reads the saved login",
      '    app = App(config)\n    try:\n        if saved is not None:',

@@ -584,15 +584,26 @@ class DeadlineTest(AppTestCase):
 class ManyHomesTest(AppTestCase):
     """6. A page asks the status of 50 homes at most, and names the others."""
 
-    def test_an_account_of_55_homes(self):
+    def landlord(self, count):
+        """Give the fake a user of count homes, one relay each."""
         homes = {"homes": [{"id": "%024x" % h, "name": "Flat %d" % h, "modules": [
             {"id": "70:ee:50:00:%02x:01" % h, "type": "NAPlug", "name": "Relay %d" % h}]}
-            for h in range(55)]}
+            for h in range(count)]}
         self.fake.users["landlord"] = {
             "/api/homesdata": homes, "/api/getstationsdata": {"devices": []},
             "/api/gethomecoachsdata": {"devices": []},
             "/api/homestatus": generated_statuses(homes)}
         self.fake.rate_limits = None
+
+    def test_the_homes_left_out_are_named_ten_at_most(self):
+        self.landlord(63)
+        _, hops = self.login("landlord")
+        self.assertIn("The status of 13 more homes was not asked: a page asks the status of "
+                      "50 homes at most. They are Flat 50, Flat 51, Flat 52, Flat 53, Flat 54, "
+                      "Flat 55, Flat 56, Flat 57, Flat 58, Flat 59 and 3 more.", hops[-1].text)
+
+    def test_an_account_of_55_homes(self):
+        self.landlord(55)
         browser, hops = self.login("landlord")
         self.assertEqual(len(self.fake.requests_to("/api/homestatus")), 50)
         self.assertIn("The status of 5 more homes was not asked: a page asks the status of "
