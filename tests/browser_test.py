@@ -329,3 +329,25 @@ class BrowserTest(AppTestCase):
                     self.assertTrue(seen["renew_above"])
             if user == "alice":
                 self.assertGreater(seen["batteries"], 10)
+
+    def test_the_private_page_of_open_leads_the_browser_to_the_owners_login(self):
+        home = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, home, True)
+        saved = os.environ.get("HOME")
+        self.addCleanup(lambda: os.environ.__setitem__("HOME", saved) if saved
+                        else os.environ.pop("HOME", None))
+        os.environ["HOME"] = home  # where --open writes its page
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        server = self.start_app(token_file=os.path.join(folder, "tokens.json"),
+                                api_url=self.fake_site)
+        url = "http://127.0.0.1:%d" % server.server_address[1]
+        self.fake.register_redirect_uri(server.config.redirect_uri)
+        redirect = netatmo_stdlib.redirect_page(url + server.login_path())
+        self.fake.auto_approve = "alice"
+        since = self.chromium.mark()
+        self.chromium.send("Page.navigate", {"url": "file://" + redirect}, session=True)
+        self.chromium.wait_for_load(since, "/devices")  # through the consent, as the owner
+        self.assertIn("Your Netatmo devices", self.chromium.text())
+        with open(os.path.join(folder, "tokens.json")) as f:  # the owner's login: saved
+            self.assertIn(json.load(f)["refresh_token"], self.fake.refresh_tokens)

@@ -514,6 +514,10 @@ MUTATIONS = [
     ("--open puts the owner's key on the browser's command line, for ps",
      'redirect = open_browser(login_url, secret=True)',
      'redirect = open_browser(login_url)', [REVIEW + "OpenBrowserTest"]),
+    ("--open's private page never sends the browser on to the login",
+     'content="0;url=%s">', 'content="3600;url=%s">',
+     [BROWSER + ".BrowserTest.test_the_private_page_of_open_leads_the_browser_to_the_owners_"
+                "login"]),
     ("the browser inherits the client secret from the environment",
      '    environ.pop("NETATMO_CLIENT_SECRET", None)', '    pass', [REVIEW + "OpenBrowserTest"]),
     ("--open's private page is readable by other users",
